@@ -1,0 +1,71 @@
+"""The ``vhdcore`` command line: a table of subcommands, one module each.
+
+Every module in :mod:`vhdcore.commands` whose name does not start with an
+underscore is a subcommand. It defines ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``, and may set
+``ERROR_EXIT`` (the exit code for a failure; 1 unless the command's peer
+convention says otherwise, e.g. ``compare`` uses 2 as ``qemu-img`` does).
+
+A :class:`~vhdcore.errors.VHDError` or ``OSError`` becomes one line on
+stderr naming the command and the problem, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from . import __version__, commands
+from .errors import VHDError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _command_modules():
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            yield info.name, importlib.import_module(f"{commands.__name__}.{info.name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with one subparser per command module."""
+    parser = argparse.ArgumentParser(
+        prog="vhdcore",
+        description="Inspect, create, convert, check and repair VHD disk images.",
+    )
+    parser.add_argument("--version", action="version", version=f"vhdcore {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in _command_modules():
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = args._module
+    error_exit = getattr(module, "ERROR_EXIT", EXIT_ERROR)
+    try:
+        return int(module.run(args))
+    except VHDError as exc:
+        print(f"vhdcore {args.command}: {exc}", file=sys.stderr)
+        return error_exit
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"vhdcore {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return error_exit
+    except KeyboardInterrupt:
+        print(f"vhdcore {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

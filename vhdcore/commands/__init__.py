@@ -1,0 +1,1 @@
+"""One module per ``vhdcore`` subcommand; see :mod:`vhdcore.cli`."""
