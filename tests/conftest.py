@@ -1,41 +1,55 @@
-"""Shared fixtures: peer tools, deterministic randomness, the CLI in-process."""
+"""Shared fixtures: peer tools, deterministic randomness, the CLI in-process.
+
+Tests run with ``--import-mode=importlib``, so helpers are offered as
+fixtures rather than importable modules.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 IN_CI = bool(os.environ.get("CI"))
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def require_peer(name: str) -> str:
-    """Path of a peer tool (qemu-img, qemu-io, vhdiinfo).
+class Peers:
+    """Access to the referee tools: qemu-img, qemu-io and vhdiinfo.
 
-    In CI a missing peer is a failure, because ``.ci/run`` installs them;
-    elsewhere the test is skipped and says so.
+    In CI a missing peer fails the test, because ``.ci/run`` installs them;
+    elsewhere the test is skipped and says why.
     """
-    path = shutil.which(name)
-    if path:
-        return path
-    message = f"peer tool {name!r} not installed (apt-get install qemu-utils libvhdi-utils)"
-    if IN_CI:
-        pytest.fail(message + " -- required in CI")
-    pytest.skip(message + " -- skipped outside CI only")
+
+    def require(self, name: str) -> str:
+        path = shutil.which(name)
+        if path:
+            return path
+        message = f"peer tool {name!r} not installed (apt-get install qemu-utils libvhdi-utils)"
+        if IN_CI:
+            pytest.fail(message + "; it is required in CI")
+        pytest.skip(message + "; skipped because this is not CI")
+
+    def run(self, *argv, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        """Run a peer, capturing text output; fail the test on a non-zero exit if ``check``."""
+        argv = [str(a) for a in argv]
+        self.require(argv[0])
+        result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+        if check and result.returncode != 0:
+            pytest.fail(
+                f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
+        return result
 
 
-def run_peer(*argv: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    """Run a peer tool, capturing text output; fails the test on error if ``check``."""
-    require_peer(argv[0])
-    result = subprocess.run(list(argv), capture_output=True, text=True, **kwargs)
-    if check and result.returncode != 0:
-        pytest.fail(
-            f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
+@pytest.fixture(scope="session")
+def peers() -> Peers:
+    return Peers()
 
 
 @pytest.fixture
@@ -53,5 +67,25 @@ def cli(capsys):
         code = main([str(a) for a in argv])
         captured = capsys.readouterr()
         return code, captured.out, captured.err
+
+    return run
+
+
+@pytest.fixture
+def cli_process():
+    """Run ``python -m vhdcore`` as a real process (installed or from the checkout)."""
+
+    def run(*argv, input=None, check=False):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        result = subprocess.run(
+            [sys.executable, "-m", "vhdcore", *[str(a) for a in argv]],
+            capture_output=True,
+            input=input,
+            env=env,
+        )
+        if check and result.returncode != 0:
+            pytest.fail(f"vhdcore {argv} exited {result.returncode}: {result.stderr!r}")
+        return result
 
     return run
