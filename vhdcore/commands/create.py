@@ -1,0 +1,46 @@
+"""``vhdcore create IMAGE SIZE``: a new fixed, dynamic or differencing image."""
+
+from __future__ import annotations
+
+from ..constants import DEFAULT_BLOCK_SIZE
+from ..create import create
+from ..info import describe
+from ._common import add_json_flag, emit_json, size_argument
+
+HELP = "create a new fixed, dynamic or differencing (--parent) VHD image"
+
+
+def add_arguments(parser):
+    parser.add_argument("image", help="the new image file")
+    parser.add_argument("size", nargs="?", type=size_argument,
+                        help="virtual size, e.g. 512M or 10G (optional with --parent)")
+    parser.add_argument("--type", choices=("dynamic", "fixed"), default=None,
+                        help="image type (default dynamic; differencing with --parent)")
+    parser.add_argument("--block-size", type=size_argument, default=DEFAULT_BLOCK_SIZE,
+                        help="block size of a dynamic image (default 2M)")
+    parser.add_argument("--parent", help="make a differencing image on top of PARENT")
+    parser.add_argument("--force", action="store_true", help="replace an existing file")
+    add_json_flag(parser)
+
+
+def run(args) -> int:
+    if args.parent and args.type == "fixed":
+        raise SystemExit("vhdcore create: --parent makes a differencing image; drop --type fixed")
+    if args.size is None and not args.parent:
+        raise SystemExit("vhdcore create: SIZE is required without --parent")
+    image = create(
+        args.image, args.size, type=args.type or "dynamic", block_size=args.block_size,
+        parent=args.parent, overwrite=args.force,
+    )
+    with image:
+        data = describe(image)
+    if args.json:
+        emit_json(data)
+    else:
+        print(f"created {data['type']} image {data['filename']}: "
+              f"{data['virtual_size']} bytes"
+              + (f", block size {data['block_size']}" if data["block_size"] else "")
+              + (f", parent {args.parent}" if args.parent else ""))
+        for note in data["notes"]:
+            print(f"note: {note}")
+    return 0

@@ -1,0 +1,240 @@
+"""Creating new fixed, dynamic and differencing images.
+
+Sizes are exact: the virtual size is the size asked for, rounded up to a
+whole sector, and the rounding is reported in ``VHD.notes``. We write
+creator ``win `` with the specification's CHS geometry, so qemu (old and
+new), libvhdi, vhd-util and Hyper-V all read the current-size field and
+agree on that size (see docs/ARCHITECTURE.md, "Virtual size").
+
+The image is built in a temporary file beside the destination, flushed,
+and then linked into place, so a failure never leaves half an image and an
+existing file is never replaced unless ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid as uuidlib
+from typing import Optional
+
+from . import bat as batmod
+from .constants import (
+    BAT_UNUSED,
+    DEFAULT_BLOCK_SIZE,
+    DISK_DIFFERENCING,
+    DISK_DYNAMIC,
+    DISK_FIXED,
+    MAX_BLOCK_SIZE,
+    MAX_DYNAMIC_SIZE,
+    MAX_FIXED_SIZE,
+    MIN_BLOCK_SIZE,
+    PLATFORM_W2KU,
+    PLATFORM_W2RU,
+    SECTOR_SIZE,
+)
+from .errors import LimitError, VHDError
+from .footer import Footer, vhd_timestamp
+from .header import DynamicHeader, ParentLocator
+from .locators import encode_locator
+
+TYPES = {"fixed": DISK_FIXED, "dynamic": DISK_DYNAMIC, "differencing": DISK_DIFFERENCING}
+TABLE_OFFSET = 1536  # after the footer copy (0) and the dynamic header (512)
+
+
+def _round_up(value: int, unit: int) -> int:
+    return (value + unit - 1) // unit * unit
+
+
+def _check_block_size(block_size: int) -> None:
+    if (
+        block_size < MIN_BLOCK_SIZE
+        or block_size > MAX_BLOCK_SIZE
+        or block_size & (block_size - 1)
+    ):
+        raise LimitError(
+            f"block size {block_size} must be a power of two from {MIN_BLOCK_SIZE} "
+            f"to {MAX_BLOCK_SIZE} bytes"
+        )
+
+
+def _relative_windows_path(child_path: str, parent_path: str) -> str:
+    """``.\\parent.vhd``-style path of the parent, relative to the child's directory."""
+    relative = os.path.relpath(parent_path, os.path.dirname(os.path.abspath(child_path)))
+    parts = relative.split(os.sep)
+    if parts[0] not in (".", ".."):
+        parts.insert(0, ".")
+    return "\\".join(parts)
+
+
+def _dynamic_layout(path, size, disk_type, block_size, footer, parent):
+    """The metadata of a new dynamic or differencing image, as (offset, bytes) pieces."""
+    entries = batmod.blocks_needed(size, block_size)
+    table_bytes = batmod.bat_bytes(entries)
+    position = TABLE_OFFSET + table_bytes
+    locators = []
+    payloads = []
+    parent_uuid = None
+    parent_timestamp = 0
+    parent_name = ""
+    if parent is not None:
+        parent_path = os.path.abspath(parent.path)
+        parent_uuid = parent.uuid
+        parent_timestamp = vhd_timestamp(os.stat(parent_path).st_mtime)
+        parent_name = os.path.basename(parent_path)
+        for code, text in (
+            (PLATFORM_W2RU, _relative_windows_path(path, parent_path)),
+            (PLATFORM_W2KU, parent_path),
+        ):
+            data = encode_locator(code, text)
+            space = _round_up(max(len(data), 1), SECTOR_SIZE)
+            locators.append(ParentLocator(code, space, len(data), 0, position))
+            payloads.append((position, data))
+            position += space
+    header = DynamicHeader.new(
+        entries, block_size, table_offset=TABLE_OFFSET, parent_uuid=parent_uuid,
+        parent_timestamp=parent_timestamp, parent_name=parent_name, locators=tuple(locators),
+    )
+    footer_bytes = footer.to_bytes()
+    table = BAT_UNUSED.to_bytes(4, "big") * entries
+    table += b"\xff" * (table_bytes - len(table))
+    pieces = [(0, footer_bytes), (512, header.to_bytes()), (TABLE_OFFSET, table)]
+    pieces += payloads
+    pieces.append((position, footer_bytes))
+    return pieces
+
+
+def create(
+    path,
+    size: Optional[int] = None,
+    *,
+    type: str = "dynamic",  # noqa: A002 - the documented keyword
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    parent=None,
+    overwrite: bool = False,
+    uuid: Optional[uuidlib.UUID] = None,
+    timestamp: Optional[float] = None,
+):
+    """Create a VHD image and return it open for reading and writing.
+
+    Args:
+        path: the new image file.
+        size: virtual size in bytes, rounded up to a whole sector. For a
+            differencing disk it may be ``None`` and otherwise must equal
+            the parent's virtual size.
+        type: ``"dynamic"`` (default), ``"fixed"`` or ``"differencing"``
+            (implied by ``parent``).
+        block_size: bytes per block of a dynamic or differencing disk: a
+            power of two; 2 MiB by default (a differencing disk defaults to
+            its parent's block size).
+        parent: path of the parent image (or an open ``VHD``) for a
+            differencing disk.
+        overwrite: replace an existing file instead of refusing.
+        uuid, timestamp: fixed identity for reproducible images (default:
+            random UUID, now).
+
+    Returns:
+        The new :class:`vhdcore.image.VHD`, opened ``"r+"``; ``notes`` says
+        whether the size was rounded.
+
+    Raises:
+        LimitError: the size or block size is out of range.
+        VHDError: the parent cannot be used.
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    from .image import VHD, open as open_image
+
+    if parent is not None:
+        type = "differencing"
+    if type not in TYPES:
+        raise VHDError(f"unknown image type {type!r}: use fixed, dynamic or differencing")
+    disk_type = TYPES[type]
+    notes = []
+    parent_image = None
+    own_parent = False
+    try:
+        if disk_type == DISK_DIFFERENCING:
+            if parent is None:
+                raise VHDError(f"{path}: a differencing image needs a parent")
+            if isinstance(parent, VHD):
+                parent_image = parent
+            else:
+                parent_image = open_image(parent, "r")
+                own_parent = True
+            if size is None:
+                size = parent_image.virtual_size
+            elif size != parent_image.virtual_size:
+                raise LimitError(
+                    f"{path}: size {size} differs from the parent's virtual size "
+                    f"{parent_image.virtual_size}"
+                )
+            if block_size == DEFAULT_BLOCK_SIZE and parent_image.block_size:
+                block_size = parent_image.block_size
+        if size is None:
+            raise VHDError(f"{path}: a size is needed for a {type} image")
+        if size < 0:
+            raise LimitError(f"{path}: size {size} is negative")
+        rounded = _round_up(size, SECTOR_SIZE)
+        if rounded != size:
+            notes.append(f"size {size} rounded up to {rounded} bytes (a whole sector)")
+        limit = MAX_FIXED_SIZE if disk_type == DISK_FIXED else MAX_DYNAMIC_SIZE
+        if rounded > limit:
+            raise LimitError(
+                f"{path}: size {rounded} bytes exceeds the {limit} byte limit for {type} VHDs"
+            )
+        if disk_type == DISK_FIXED and rounded > MAX_DYNAMIC_SIZE:
+            notes.append("fixed VHD over 2040 GiB: qemu and Hyper-V OS disks will not open it")
+        if disk_type != DISK_FIXED:
+            _check_block_size(block_size)
+        footer = Footer.new(
+            disk_type, rounded, uuid=uuid,
+            timestamp=None if timestamp is None else vhd_timestamp(timestamp),
+        )
+        if disk_type == DISK_FIXED:
+            pieces = [(rounded, footer.to_bytes())]
+        else:
+            pieces = _dynamic_layout(path, rounded, disk_type, block_size, footer, parent_image)
+        _write_new_file(path, pieces, overwrite)
+    finally:
+        if own_parent and parent_image is not None:
+            parent_image.close()
+    image = VHD(path, "r+")
+    image.notes.extend(notes)
+    return image
+
+
+def _write_new_file(path, pieces, overwrite):
+    """Write ``pieces`` to a temporary file, fsync it, and link it into place."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not overwrite and os.path.lexists(path):
+        raise FileExistsError(17, "file exists (use overwrite to replace it)", path)
+    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".vhdcore-tmp",
+                                dir=directory)
+    try:
+        try:
+            end = max(offset + len(data) for offset, data in pieces)
+            os.ftruncate(fd, end)
+            for offset, data in pieces:
+                view = memoryview(data)
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    view, offset = view[written:], offset + written
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(temp, 0o644)
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)  # fails, atomically, if path appeared meanwhile
+            os.unlink(temp)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise

@@ -1,0 +1,638 @@
+"""The VHD object: open an image, read and write it, walk its chain.
+
+One class serves all three disk types. Fixed disks map straight through to
+the file. Dynamic and differencing disks go through the block allocation
+table (BAT): an unallocated block reads as zeros (dynamic) or from the
+parent (differencing), and a differencing block's sector bitmap decides,
+per sector, whether the child or the parent chain holds the data.
+
+Writes that need a new block follow an order in which a crash at any
+point leaves an image that opens and checks clean (leaked space at worst):
+
+1. extend the file: the new footer goes at the new end of file, and the
+   block's bitmap (and any old bytes under the block) is written as zeros;
+2. barrier (fsync), so step 3 can never reach the disk before step 1;
+3. write the BAT sector that points at the block;
+4. write the data;
+5. set the bitmap bits of the sectors written.
+
+A crash after 3 and before 5 leaves a block whose clear bits still read
+from the parent (or as zeros): never stale bytes. ``flush()`` fsyncs, so
+everything written before it survives a crash of the machine too.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import List, Optional
+
+import numpy as np
+
+from . import bat as batmod
+from . import chain
+from .batmap import find_batmap
+from .constants import (
+    BAT_UNUSED,
+    DISK_DIFFERENCING,
+    DISK_DYNAMIC,
+    DISK_FIXED,
+    DISK_TYPE_NAMES,
+    FOOTER_COOKIE,
+    FOOTER_SIZE,
+    LEGACY_FOOTER_SIZE,
+    SECTOR_SIZE,
+)
+from ._backend import kernels
+from .errors import (
+    CorruptImageError,
+    FormatError,
+    OutOfRangeError,
+    ReadOnlyError,
+    VHDError,
+)
+from .extent import DATA, PARENT, ZERO, Extent, append_extent
+from .fileio import open_image_file
+from .footer import Footer
+from .geometry import size_rule
+from .header import DynamicHeader
+from .problems import raise_for
+
+_ZERO_CHUNK = bytes(1 << 20)
+
+
+class VHDWarning(UserWarning):
+    """Something about an image that a user should know but that does not stop reading."""
+
+
+def _zero_fill(view: memoryview) -> None:
+    """Set every byte of a writable byte view to zero."""
+    np.frombuffer(view, dtype=np.uint8)[:] = 0
+
+
+class VHD:
+    """An open VHD image (fixed, dynamic or differencing) and its chain.
+
+    Use :func:`open` or :func:`vhdcore.create` rather than this constructor.
+
+    Attributes:
+        path: the file name as given.
+        mode: ``"r"`` or ``"r+"``.
+        type: ``"fixed"``, ``"dynamic"`` or ``"differencing"``.
+        virtual_size: bytes of the virtual disk.
+        size_rule: ``"current_size"`` or ``"chs"``: which footer field
+            gave ``virtual_size``.
+        block_size: bytes per block (``None`` for fixed disks).
+        footer, header: the parsed structures (``header`` is ``None`` for
+            fixed disks).
+        parent: the opened parent image of a differencing disk, else ``None``.
+        chain: ``[self, parent, grandparent, ...]``.
+        notes: human-readable remarks gathered while opening (a damaged
+            primary footer read from its copy, a size rounded up, ...).
+    """
+
+    def __init__(self, path, mode="r", *, parent_resolver=None, max_chain_depth=None,
+                 _depth=0, _seen=None):
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', not {mode!r}")
+        self.path = os.fspath(path)
+        self.mode = mode
+        self.notes: List[str] = []
+        self.parent: Optional[VHD] = None
+        self.header: Optional[DynamicHeader] = None
+        self.bat = None
+        self._bitmaps = {}
+        self._closed = False
+        self._file = open_image_file(self.path, writable=(mode == "r+"))
+        try:
+            self._load()
+            if self.footer.disk_type == DISK_DIFFERENCING:
+                self.parent = chain.open_parent(
+                    self, resolver=parent_resolver, max_depth=max_chain_depth,
+                    depth=_depth, seen=_seen,
+                )
+        except BaseException:
+            self._file.close()
+            raise
+
+    # ------------------------------------------------------------------
+    # opening
+
+    def _load(self) -> None:
+        f = self._file
+        file_size = f.size()
+        self.file_size = file_size
+        if file_size < LEGACY_FOOTER_SIZE:
+            raise FormatError(
+                f"{self.path}: file too small for a VHD ({file_size} bytes; a footer needs 512)"
+            )
+        footer, footer_offset = self._read_primary_footer(file_size)
+        self.footer_offset = footer_offset
+        if footer.disk_type in (DISK_DYNAMIC, DISK_DIFFERENCING) or (
+            footer.cookie != FOOTER_COOKIE and file_size >= 2 * FOOTER_SIZE
+        ):
+            footer = self._reconcile_copy(footer, footer_offset, file_size)
+        self.footer = footer
+        self.type = DISK_TYPE_NAMES[footer.disk_type]
+        self.size_rule = size_rule(footer.creator_app, footer.geometry)
+        self.virtual_size = (
+            footer.geometry.size if self.size_rule == "chs" else footer.current_size
+        )
+        self.geometry = footer.geometry
+        self.uuid = footer.uuid
+        self.creator = footer.creator_app.decode("latin-1")
+        if footer.disk_type == DISK_FIXED:
+            self.block_size = None
+            if self.virtual_size > footer.current_size:
+                # CHS says more than the file holds; reads past the data
+                # would hit the footer, so the CHS size cannot be honoured.
+                self.notes.append(
+                    f"CHS geometry gives {self.virtual_size} bytes but the file holds "
+                    f"{footer.current_size}; using the current size"
+                )
+                self.virtual_size = footer.current_size
+                self.size_rule = "current_size"
+            return
+        self._load_dynamic(file_size)
+
+    def _read_primary_footer(self, file_size):
+        """The footer at the end of the file (512 bytes, or a legacy 511)."""
+        offset = file_size - FOOTER_SIZE
+        raw = self._file.pread(offset, FOOTER_SIZE, "footer") if offset >= 0 else b""
+        if raw[:8] != FOOTER_COOKIE and file_size % SECTOR_SIZE == LEGACY_FOOTER_SIZE:
+            offset = file_size - LEGACY_FOOTER_SIZE
+            raw = self._file.pread(offset, LEGACY_FOOTER_SIZE, "footer")
+            if self.mode == "r+":
+                raise FormatError(
+                    f"{self.path}: legacy 511-byte footer; open read-only or convert the image"
+                )
+            self.notes.append("legacy 511-byte footer")
+        if len(raw) < LEGACY_FOOTER_SIZE:
+            raise FormatError(f"{self.path}: file too small for a VHD footer")
+        return Footer.from_bytes(raw), offset
+
+    def _footer_errors(self, footer, offset, file_size):
+        problems = footer.validate(self.path, offset, file_size)
+        return [p for p in problems if p.severity == "error"]
+
+    def _reconcile_copy(self, primary, primary_offset, file_size):
+        """Check the primary footer against the copy at offset 0.
+
+        A damaged primary with a good copy opens read-only (with a note),
+        never for writing: ``vhdcore repair`` restores it.
+        """
+        primary_errors = self._footer_errors(primary, primary_offset, file_size)
+        copy = Footer.from_bytes(self._file.pread(0, FOOTER_SIZE, "footer copy"))
+        copy_ok = copy.cookie == FOOTER_COOKIE and copy.disk_type in (
+            DISK_DYNAMIC, DISK_DIFFERENCING,
+        ) and not self._footer_errors(copy, 0, file_size)
+        if not primary_errors:
+            if copy_ok and copy.to_bytes() != primary.to_bytes():
+                self.notes.append("footer copy at offset 0 differs from the primary footer")
+            return primary
+        if not copy_ok:
+            raise_for(primary_errors)
+        reason = primary_errors[0].message
+        if self.mode == "r+":
+            raise CorruptImageError(
+                f"{self.path}: primary footer damaged ({reason}); the copy at offset 0 is good: "
+                f"run 'vhdcore repair' before opening for writing"
+            )
+        self.notes.append(f"primary footer damaged ({reason}); using the copy at offset 0")
+        warnings.warn(f"{self.path}: primary footer damaged, reading through its copy at offset 0",
+                      VHDWarning, stacklevel=4)
+        return copy
+
+    def _load_dynamic(self, file_size):
+        f = self._file
+        footer = self.footer
+        header = DynamicHeader.from_bytes(
+            f.pread(footer.data_offset, 1024, "dynamic header")
+        )
+        raise_for(
+            p for p in header.validate(
+                self.path, footer.data_offset, file_size, footer.disk_type, footer.current_size
+            ) if p.severity == "error"
+        )
+        self.header = header
+        self.block_size = header.block_size
+        self._bitmap_bytes = header.bitmap_bytes
+        self._sectors_per_block = header.sectors_per_block
+        self._block_span = self._bitmap_bytes + self.block_size
+        self._blocks = batmod.blocks_needed(footer.current_size, header.block_size)
+        entries = header.max_table_entries
+        raw = f.pread(header.table_offset, entries * 4, "block allocation table")
+        table = kernels.bat_decode(raw)
+        # Entries past the blocks the disk needs are ignored (check reports them).
+        self.bat = np.ascontiguousarray(table[: self._blocks])
+        self._bat_view = memoryview(self.bat)
+        self.batmap = find_batmap(footer, header, lambda o, n: f.pread(o, n, "batmap"), file_size)
+        self._metadata_end = batmod.metadata_end(
+            header, self.batmap,
+            None if footer.disk_type == DISK_DIFFERENCING else (),
+            header_offset=footer.data_offset,
+        )
+        raise_for(
+            p for p in batmod.validate_bat(
+                self.bat, header, footer, self._metadata_end, file_size, self.path
+            ) if p.severity == "error"
+        )
+        _, last_end, _ = kernels.bat_scan(
+            self.bat, self.block_size, self._bitmap_bytes, 0, 1 << 62
+        )
+        self._next_free = max(self._metadata_end, last_end)
+        if self._next_free % SECTOR_SIZE:
+            self._next_free += SECTOR_SIZE - self._next_free % SECTOR_SIZE
+
+    # ------------------------------------------------------------------
+    # attributes
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def chain(self) -> List["VHD"]:
+        """``[self, parent, grandparent, ...]``."""
+        return list(self._members())
+
+    def _members(self):
+        members = self.__dict__.get("_chain")
+        if members is None:
+            members, node = [], self
+            while node is not None:
+                members.append(node)
+                node = node.parent
+            self._chain = members
+        return members
+
+    @property
+    def allocated_blocks(self) -> int:
+        """Allocated BAT entries (0 for fixed disks)."""
+        if self.bat is None:
+            return 0
+        return int(np.count_nonzero(self.bat != BAT_UNUSED))
+
+    def __repr__(self):
+        return f"<VHD {self.path!r} {self.type} {self.virtual_size} bytes mode={self.mode!r}>"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # ------------------------------------------------------------------
+    # reading
+
+    def _check_range(self, offset, length):
+        if self._closed:
+            raise ValueError(f"{self.path}: I/O on a closed image")
+        if offset < 0 or length < 0 or offset + length > self.virtual_size:
+            raise OutOfRangeError(
+                f"{self.path}: range {offset}+{length} is outside the virtual disk "
+                f"of {self.virtual_size} bytes"
+            )
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the virtual disk from ``offset``."""
+        buffer = bytearray(length)
+        self.readinto(offset, buffer)
+        return bytes(buffer)
+
+    def readinto(self, offset: int, buffer) -> int:
+        """Fill ``buffer`` from the virtual disk at ``offset``; returns its length.
+
+        Allocated, contiguous runs are read straight into ``buffer`` with no
+        intermediate copy.
+        """
+        view = memoryview(buffer)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        length = len(view)
+        self._check_range(offset, length)
+        if length == 0:
+            return 0
+        if self.bat is None:
+            self._file.preadinto(offset, view)
+            return length
+        # Fast path: the whole request inside one allocated dynamic block.
+        block_size = self.block_size
+        block = offset // block_size
+        within = offset - block * block_size
+        if within + length <= block_size and self.header is not None:
+            entry = self._bat_view[block]
+            if entry == BAT_UNUSED:
+                if self.parent is None:
+                    _zero_fill(view)
+                    return length
+            elif self.parent is None:
+                start = entry * SECTOR_SIZE + self._bitmap_bytes + within
+                if os.preadv(self._file.fd, [view], start) != length:
+                    self._file.preadinto(start, view)
+                return length
+        self._readinto_slow(offset, view)
+        return length
+
+    def _readinto_slow(self, offset, view):
+        for extent in self.extents(offset, len(view)):
+            part = view[extent.offset - offset : extent.end - offset]
+            if extent.state == ZERO:
+                _zero_fill(part)
+            else:
+                member = self._members()[extent.depth]
+                member._file.preadinto(extent.file_offset, part)
+
+    # ------------------------------------------------------------------
+    # allocation map
+
+    def extents(self, offset: int = 0, length: Optional[int] = None) -> List[Extent]:
+        """The allocation map of ``[offset, offset + length)`` as merged runs.
+
+        See :class:`vhdcore.extent.Extent`. Built from the BAT and, for
+        differencing disks, the sector bitmaps, through the kernels.
+        """
+        if length is None:
+            length = self.virtual_size - offset
+        self._check_range(offset, length)
+        out: List[Extent] = []
+        self._extents_into(out, offset, length, 0)
+        return out
+
+    def _extents_into(self, out, offset, length, depth):
+        if length <= 0:
+            return
+        if self.bat is None:
+            append_extent(out, Extent(offset, length, DATA if depth == 0 else PARENT,
+                                      depth, offset))
+            return
+        state = DATA if depth == 0 else PARENT
+        covered = len(self.bat) * self.block_size
+        if offset + length > covered:
+            # A CHS-derived size beyond the table: the excess holds nothing.
+            inside = max(0, covered - offset)
+            self._extents_into(out, offset, inside, depth)
+            append_extent(out, Extent(offset + inside, length - inside, ZERO, -1, -1))
+            return
+        first = offset // SECTOR_SIZE
+        last = (offset + length + SECTOR_SIZE - 1) // SECTOR_SIZE
+        runs = kernels.bat_extents(
+            self.bat, first, last - first, self._sectors_per_block, self._bitmap_bytes
+        )
+        end = offset + length
+        for sector, count, file_offset in runs:
+            run_start = max(sector * SECTOR_SIZE, offset)
+            run_end = min((sector + count) * SECTOR_SIZE, end)
+            if run_end <= run_start:
+                continue
+            skip = run_start - sector * SECTOR_SIZE
+            if file_offset < 0:
+                self._unallocated_into(out, run_start, run_end - run_start, depth)
+            elif self.parent is None:
+                append_extent(out, Extent(run_start, run_end - run_start, state, depth,
+                                          file_offset + skip))
+            else:
+                self._bitmap_extents_into(out, run_start, run_end, depth)
+
+    def _unallocated_into(self, out, offset, length, depth):
+        """A range no block of this image holds: the parent's, or zeros."""
+        if self.parent is None:
+            append_extent(out, Extent(offset, length, ZERO, -1, -1))
+            return
+        inside = max(0, min(offset + length, self.parent.virtual_size) - offset)
+        if inside:
+            self.parent._extents_into(out, offset, inside, depth + 1)
+        if inside < length:
+            append_extent(out, Extent(offset + inside, length - inside, ZERO, -1, -1))
+
+    def _bitmap_extents_into(self, out, start, end, depth):
+        """Split an allocated differencing range by its sector bitmaps."""
+        block_size = self.block_size
+        position = start
+        while position < end:
+            block = position // block_size
+            block_start = block * block_size
+            block_end = min(block_start + block_size, end)
+            bitmap = self._bitmap(block)
+            first_sector = (position - block_start) // SECTOR_SIZE
+            last_sector = (block_end - block_start + SECTOR_SIZE - 1) // SECTOR_SIZE
+            data_start = self._bat_view[block] * SECTOR_SIZE + self._bitmap_bytes
+            for bit, count, is_set in kernels.bitmap_runs(
+                bitmap, first_sector, last_sector - first_sector
+            ):
+                run_start = max(block_start + bit * SECTOR_SIZE, position)
+                run_end = min(block_start + (bit + count) * SECTOR_SIZE, block_end)
+                if run_end <= run_start:
+                    continue
+                if is_set:
+                    append_extent(out, Extent(
+                        run_start, run_end - run_start, DATA if depth == 0 else PARENT,
+                        depth, data_start + (run_start - block_start),
+                    ))
+                else:
+                    self._unallocated_into(out, run_start, run_end - run_start, depth)
+            position = block_end
+
+    def _bitmap(self, block) -> bytearray:
+        """The sector bitmap of an allocated block (cached)."""
+        bitmap = self._bitmaps.get(block)
+        if bitmap is None:
+            entry = self._bat_view[block]
+            bitmap = bytearray(
+                self._file.pread(entry * SECTOR_SIZE, self._bitmap_bytes, f"bitmap of block {block}")
+            )
+            self._bitmaps[block] = bitmap
+        return bitmap
+
+    # ------------------------------------------------------------------
+    # writing
+
+    def write(self, offset: int, data) -> int:
+        """Write ``data`` at virtual ``offset``; returns the bytes written.
+
+        Writing zeros into an unallocated block of a dynamic disk allocates
+        nothing. Writes past the virtual size are refused.
+        """
+        if self.mode != "r+":
+            raise ReadOnlyError(f"{self.path}: image is open read-only")
+        view = memoryview(data)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        length = total = len(view)
+        self._check_range(offset, length)
+        if length == 0:
+            return 0
+        if self.bat is None:
+            self._file.pwrite(offset, view)
+            return length
+        head = offset % SECTOR_SIZE
+        tail = (offset + length) % SECTOR_SIZE
+        if self.parent is not None and (head or tail):
+            # A differencing disk tracks whole sectors: complete the partial
+            # ones from the current view of the chain.
+            start = offset - head
+            end = offset + length + ((SECTOR_SIZE - tail) if tail else 0)
+            merged = bytearray(self.read(start, SECTOR_SIZE)) if head else None
+            whole = bytearray(end - start)
+            if head:
+                whole[:SECTOR_SIZE] = merged
+            if tail:
+                whole[-SECTOR_SIZE:] = self.read(end - SECTOR_SIZE, SECTOR_SIZE)
+            whole[head : head + length] = view
+            offset, view, length = start, memoryview(whole), len(whole)
+        self._write_blocks(offset, view)
+        return total
+
+    def _write_blocks(self, offset, view):
+        block_size = self.block_size
+        length = len(view)
+        end = offset + length
+        # Which blocks need allocating (and are not skipped as zeros)?
+        pieces = []
+        position = offset
+        to_allocate = []
+        while position < end:
+            block = position // block_size
+            piece_end = min((block + 1) * block_size, end)
+            piece = view[position - offset : piece_end - offset]
+            if self._bat_view[block] == BAT_UNUSED:
+                if kernels.is_zero(piece) and self._zero_reads_through(position, piece_end):
+                    position = piece_end
+                    continue
+                to_allocate.append(block)
+            pieces.append((block, position, piece))
+            position = piece_end
+        if to_allocate:
+            self._allocate(to_allocate)
+        touched = []
+        for block, position, piece in pieces:
+            data_start = (
+                self._bat_view[block] * SECTOR_SIZE + self._bitmap_bytes
+                + (position - block * block_size)
+            )
+            self._file.pwrite(data_start, piece)
+            touched.append((block, position, len(piece)))
+        for block, position, size in touched:
+            self._mark_written(block, position - block * block_size, size)
+
+    def _zero_reads_through(self, start, end) -> bool:
+        """Whether leaving ``[start, end)`` unallocated already reads as zeros."""
+        if self.parent is None:
+            return True
+        return all(e.state == ZERO for e in self._parent_extents(start, end - start))
+
+    def _parent_extents(self, offset, length):
+        out: List[Extent] = []
+        self._unallocated_into(out, offset, length, 0)
+        return out
+
+    def _allocate(self, blocks) -> None:
+        """Give each block in ``blocks`` space at the end of the file.
+
+        Follows the crash-safe order in the module docstring, with one
+        barrier for the whole batch.
+        """
+        f = self._file
+        old_size = f.size()
+        first = self._next_free
+        span = self._block_span
+        new_end = first + span * len(blocks)
+        footer_bytes = self.footer.to_bytes()
+        # 1. Extend: footer at the new end, zeros over the blocks' bitmaps
+        #    and over any old bytes (the old footer, trailing garbage) the
+        #    new blocks now cover.
+        f.pwrite(new_end, footer_bytes)
+        zero_bitmap = bytes(self._bitmap_bytes)
+        for i in range(len(blocks)):
+            start = first + i * span
+            f.pwrite(start, zero_bitmap)
+            stale_end = min(old_size, start + span)
+            position = start + self._bitmap_bytes
+            while position < stale_end:
+                chunk = min(len(_ZERO_CHUNK), stale_end - position)
+                f.pwrite(position, memoryview(_ZERO_CHUNK)[:chunk])
+                position += chunk
+        if old_size > new_end + FOOTER_SIZE:
+            f.truncate(new_end + FOOTER_SIZE)
+        # 2. Barrier: the BAT must never point at a block before its zeroed
+        #    bitmap and the new footer exist.
+        f.flush()
+        # 3. BAT entries, one sector at a time; the in-memory table changes
+        #    only once the on-disk entry is written.
+        pending = np.array(self.bat, copy=True)
+        for i, block in enumerate(blocks):
+            pending[block] = (first + i * span) // SECTOR_SIZE
+        self._next_free = new_end
+        for sector in sorted({block * 4 // SECTOR_SIZE for block in blocks}):
+            lo = sector * SECTOR_SIZE // 4
+            hi = min(lo + SECTOR_SIZE // 4, len(pending))
+            raw = bytearray(kernels.bat_encode(pending[lo:hi]))
+            if len(raw) < SECTOR_SIZE:
+                # The last BAT sector: keep what lies beyond the entries we own
+                # (padding, or entries past the disk's block count).
+                tail = self._file.pread(
+                    self.header.table_offset + lo * 4 + len(raw),
+                    SECTOR_SIZE - len(raw), "block allocation table",
+                )
+                raw += tail
+            f.pwrite(self.header.table_offset + lo * 4, raw)
+            self.bat[lo:hi] = pending[lo:hi]
+        for block in blocks:
+            self._bitmaps[block] = bytearray(self._bitmap_bytes)
+
+    def _mark_written(self, block, within, size):
+        """Set the bitmap bits of the sectors a write covered (step 5)."""
+        bitmap = self._bitmap(block)
+        first = within // SECTOR_SIZE
+        last = (within + size + SECTOR_SIZE - 1) // SECTOR_SIZE
+        if kernels.bitmap_count(bitmap, first, last - first) == last - first:
+            return
+        kernels.bitmap_fill(bitmap, first, last - first, True)
+        entry = self._bat_view[block]
+        self._file.pwrite(entry * SECTOR_SIZE, bitmap)
+
+    # ------------------------------------------------------------------
+    # lifetime
+
+    def flush(self) -> None:
+        """Make every completed write durable (fsync)."""
+        if self.mode == "r+" and not self._closed:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Flush (if writable) and close this image and its parents."""
+        if self._closed:
+            return
+        try:
+            if self.mode == "r+":
+                self._file.flush()
+        finally:
+            self._closed = True
+            self._file.close()
+            if self.parent is not None:
+                self.parent.close()
+
+    def rawio(self):
+        """A file-like :class:`io.RawIOBase` view of the virtual disk."""
+        from .rawio import VHDRawIO
+
+        return VHDRawIO(self)
+
+
+def open(path, mode: str = "r", **options) -> VHD:  # noqa: A001 - mirrors builtins.open
+    """Open a VHD image.
+
+    Args:
+        path: the image file.
+        mode: ``"r"`` (read-only; the file is never modified) or ``"r+"``
+            (read and write; takes an exclusive lock).
+        **options: ``parent_resolver`` and ``max_chain_depth`` for
+            differencing chains (see :mod:`vhdcore.chain`).
+
+    Raises:
+        VHDError: the file is not a usable VHD; the message says why.
+    """
+    return VHD(path, mode, **options)
+
+
+__all__ = ["VHD", "VHDWarning", "open", "VHDError"]

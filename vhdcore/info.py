@@ -1,0 +1,67 @@
+"""What ``vhdcore info`` reports about an image, as a plain dict."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from .constants import VHD_EPOCH
+
+
+def _creator_version(value: int) -> str:
+    return f"{value >> 16}.{value & 0xFFFF}"
+
+
+def _timestamp(value: int) -> str:
+    moment = dt.datetime.fromtimestamp(VHD_EPOCH + value, tz=dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe(image) -> dict:
+    """A JSON-ready description of an open image and its parent chain."""
+    footer = image.footer
+    geometry = footer.geometry
+    if image.bat is None:
+        allocated = image.virtual_size
+        blocks = None
+    else:
+        count = image.allocated_blocks
+        allocated = min(count * image.block_size, footer.current_size)
+        blocks = {"allocated": count, "total": len(image.bat)}
+    data = {
+        "filename": image.path,
+        "format": "vhd",
+        "type": image.type,
+        "virtual_size": image.virtual_size,
+        "size_rule": image.size_rule,
+        "current_size": footer.current_size,
+        "chs_size": geometry.size,
+        "file_size": image.file_size,
+        "allocated_bytes": allocated,
+        "blocks": blocks,
+        "block_size": image.block_size,
+        "creator": {
+            "application": footer.creator_app.decode("latin-1"),
+            "version": _creator_version(footer.creator_version),
+            "host_os": footer.creator_os.decode("latin-1"),
+        },
+        "uuid": str(footer.uuid),
+        "timestamp": _timestamp(footer.timestamp),
+        "geometry": {
+            "cylinders": geometry.cylinders,
+            "heads": geometry.heads,
+            "sectors_per_track": geometry.sectors,
+        },
+        "saved_state": bool(footer.saved_state),
+        "notes": list(image.notes),
+    }
+    if image.header is not None and image.type == "differencing":
+        header = image.header
+        data["parent_uuid"] = str(header.parent_uuid)
+        data["parent_name"] = header.parent_name
+        data["parent_timestamp"] = _timestamp(header.parent_timestamp)
+    data["chain"] = [
+        {"depth": depth, "filename": member.path, "type": member.type,
+         "uuid": str(member.uuid), "virtual_size": member.virtual_size}
+        for depth, member in enumerate(image.chain)
+    ]
+    return data
