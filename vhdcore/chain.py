@@ -1,23 +1,108 @@
-"""Finding and opening the parents of differencing disks.
+"""Finding and opening the parents of differencing disks, safely.
 
 A child names its parent three ways: by UUID (which must match), by a
 UTF-16 name, and by up to eight platform locators holding paths. We try
 the locators in the order :func:`vhdcore.locators.candidate_paths` gives
-(relative before absolute), open the first file that exists read-only,
-and insist its UUID is the one the child was made from. Depth is bounded
-and a chain that comes back to one of its own files is refused.
+(relative before absolute), open the first file that exists read-only, and
+insist its UUID is the one the child was made from.
+
+Every image is untrusted, and a locator is a path an attacker wrote: left
+alone, a crafted child could make us read any file on the host as its
+"parent". So a :class:`ParentPolicy` confines parents to the leaf image's
+own directory (and any directory the caller adds), refuses paths that pass
+through a symbolic link unless the caller allows links, bounds the depth
+of the chain, and refuses a chain that comes back to one of its own files.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Tuple
 
 from .constants import DEFAULT_MAX_CHAIN_DEPTH
-from .errors import ChainLoopError, LimitError, ParentMismatchError, ParentNotFoundError
+from .errors import (
+    ChainLoopError,
+    LimitError,
+    ParentMismatchError,
+    ParentNotFoundError,
+    UnsafeParentError,
+)
 from .locators import candidate_paths
 
 # A locator's payload is a path: anything longer than this is not one.
 MAX_LOCATOR_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ParentPolicy:
+    """Which files a differencing chain may open as parents.
+
+    Attributes:
+        allowed_dirs: directories parents may live in (at any depth below
+            them), as absolute paths. The leaf image's own directory is
+            always allowed.
+        allow_symlinks: follow symbolic links in a parent's path (the
+            resolved file must still lie inside an allowed directory).
+        max_depth: most images in a chain, the leaf included.
+        resolver: optional ``resolver(child, header, payloads) -> [(code, path)]``
+            replacing the locator-based candidate list.
+    """
+
+    allowed_dirs: Tuple[str, ...] = ()
+    allow_symlinks: bool = False
+    max_depth: int = DEFAULT_MAX_CHAIN_DEPTH
+    resolver: Optional[Callable] = field(default=None, compare=False)
+
+    @classmethod
+    def for_leaf(cls, leaf_path, *, allow_parent_dirs=(), allow_symlinks=False,
+                 max_depth=None, resolver=None) -> "ParentPolicy":
+        """The policy for a chain whose leaf is ``leaf_path``."""
+        dirs = [os.path.dirname(os.path.abspath(os.fspath(leaf_path)))]
+        dirs += [os.path.abspath(os.fspath(d)) for d in allow_parent_dirs or ()]
+        if max_depth is None:
+            max_depth = DEFAULT_MAX_CHAIN_DEPTH
+        if max_depth < 1:
+            raise LimitError(f"max_chain_depth must be at least 1, not {max_depth}")
+        return cls(tuple(dict.fromkeys(dirs)), bool(allow_symlinks), int(max_depth), resolver)
+
+    def refusal(self, path: str) -> Optional[str]:
+        """Why ``path`` may not be opened as a parent, or None if it may."""
+        lexical = os.path.abspath(path)
+        if self.allow_symlinks:
+            real = os.path.realpath(lexical)
+            for root in self.allowed_dirs:
+                if _is_within(real, os.path.realpath(root)):
+                    return None
+            return f"{lexical} resolves to {real}, outside the allowed directories"
+        for root in self.allowed_dirs:
+            if _is_within(lexical, root):
+                link = _first_symlink(root, lexical)
+                if link is None:
+                    return None
+                return f"{lexical} passes through the symbolic link {link}"
+        return (
+            f"{lexical} is outside the allowed directories "
+            f"({', '.join(self.allowed_dirs)}); allow it with --allow-parent-dir"
+        )
+
+
+def _is_within(path: str, root: str) -> bool:
+    root = root.rstrip(os.sep) or os.sep
+    return path == root or path.startswith(root if root == os.sep else root + os.sep)
+
+
+def _first_symlink(root: str, path: str) -> Optional[str]:
+    """The first component of ``path`` below ``root`` that is a symbolic link."""
+    relative = os.path.relpath(path, root)
+    current = root
+    for part in relative.split(os.sep):
+        if part in ("", "."):
+            continue
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            return current
+    return None
 
 
 def _identity(path):
@@ -40,50 +125,57 @@ def locator_payloads(child):
     return payloads
 
 
-def open_parent(child, *, resolver=None, max_depth=None, depth=0, seen=None):
+def _label(code: bytes) -> str:
+    return code.decode("latin-1", "replace").strip() or "name"
+
+
+def open_parent(child, policy: ParentPolicy, *, depth=0, seen=None):
     """Open the parent of the differencing disk ``child`` read-only.
 
     Args:
         child: the opened child (a :class:`vhdcore.image.VHD`).
-        resolver: optional ``resolver(child, header, payloads) -> [(code, path)]``
-            replacing the default candidate list.
-        max_depth: most images in the chain below the leaf (default 30).
-        depth: the child's own depth in the chain being opened.
+        policy: the chain's :class:`ParentPolicy` (from its leaf).
+        depth: the child's depth in the chain (0 for the leaf).
         seen: file identities already in the chain (for loop detection).
 
     Raises:
         ParentNotFoundError: no candidate path exists.
+        UnsafeParentError: candidates exist but the policy refuses them all.
         ParentMismatchError: the file found has another UUID.
         ChainLoopError: the chain refers back to one of its members.
-        LimitError: the chain is deeper than ``max_depth``.
+        LimitError: the chain is longer than ``policy.max_depth``.
     """
-    max_depth = DEFAULT_MAX_CHAIN_DEPTH if max_depth is None else max_depth
-    if depth + 1 > max_depth:
+    if depth + 2 > policy.max_depth:
         raise LimitError(
-            f"{child.path}: differencing chain is deeper than the limit of {max_depth} images"
+            f"{child.path}: differencing chain is deeper than the limit of "
+            f"{policy.max_depth} images"
         )
     seen = set(seen or ())
     seen.add(_identity(child.path))
     header = child.header
     payloads = locator_payloads(child)
-    if resolver is not None:
-        candidates = resolver(child, header, payloads)
+    if policy.resolver is not None:
+        candidates = policy.resolver(child, header, payloads)
     else:
         candidates = candidate_paths(child.path, header, payloads)
-    tried = []
+    tried, refused = [], []
     for code, path in candidates:
         path = os.fspath(path)
+        if not os.path.lexists(path):
+            tried.append(f"{_label(code)}={path}")
+            continue
+        reason = policy.refusal(path)
+        if reason is not None:
+            refused.append(reason)
+            continue
         if not os.path.isfile(path):
-            tried.append(f"{code.decode('latin-1', 'replace').strip() or 'name'}={path}")
+            tried.append(f"{_label(code)}={path} (not a regular file)")
             continue
         if _identity(path) in seen:
             raise ChainLoopError(
                 f"{child.path}: parent {path} is already part of this chain (a loop)"
             )
-        parent = type(child)(
-            path, "r", parent_resolver=resolver, max_chain_depth=max_depth,
-            _depth=depth + 1, _seen=seen,
-        )
+        parent = type(child)(path, "r", _policy=policy, _depth=depth + 1, _seen=seen)
         if parent.uuid != header.parent_uuid:
             parent.close()
             raise ParentMismatchError(
@@ -91,6 +183,8 @@ def open_parent(child, *, resolver=None, max_depth=None, depth=0, seen=None):
                 f"was made from {header.parent_uuid}"
             )
         return parent
+    if refused:
+        raise UnsafeParentError(f"{child.path}: refused parent: {'; '.join(refused)}")
     name = header.parent_name or "(no name)"
     raise ParentNotFoundError(
         f"{child.path}: parent {name!r} not found"

@@ -36,7 +36,7 @@ from .constants import (
 from .errors import LimitError, VHDError
 from .footer import Footer, vhd_timestamp
 from .header import DynamicHeader, ParentLocator
-from .locators import encode_locator
+from .locators import encode_locator, relative_parent_path
 
 TYPES = {"fixed": DISK_FIXED, "dynamic": DISK_DYNAMIC, "differencing": DISK_DIFFERENCING}
 TABLE_OFFSET = 1536  # after the footer copy (0) and the dynamic header (512)
@@ -58,15 +58,6 @@ def _check_block_size(block_size: int) -> None:
         )
 
 
-def _relative_windows_path(child_path: str, parent_path: str) -> str:
-    """``.\\parent.vhd``-style path of the parent, relative to the child's directory."""
-    relative = os.path.relpath(parent_path, os.path.dirname(os.path.abspath(child_path)))
-    parts = relative.split(os.sep)
-    if parts[0] not in (".", ".."):
-        parts.insert(0, ".")
-    return "\\".join(parts)
-
-
 def _dynamic_layout(path, size, disk_type, block_size, footer, parent):
     """The metadata of a new dynamic or differencing image, as (offset, bytes) pieces."""
     entries = batmod.blocks_needed(size, block_size)
@@ -83,7 +74,7 @@ def _dynamic_layout(path, size, disk_type, block_size, footer, parent):
         parent_timestamp = vhd_timestamp(os.stat(parent_path).st_mtime)
         parent_name = os.path.basename(parent_path)
         for code, text in (
-            (PLATFORM_W2RU, _relative_windows_path(path, parent_path)),
+            (PLATFORM_W2RU, relative_parent_path(path, parent_path)),
             (PLATFORM_W2KU, parent_path),
         ):
             data = encode_locator(code, text)
@@ -198,7 +189,9 @@ def create(
     finally:
         if own_parent and parent_image is not None:
             parent_image.close()
-    image = VHD(path, "r+")
+    # The caller named this parent, so its directory is allowed for the reopen.
+    allowed = [os.path.dirname(os.path.abspath(parent_image.path))] if parent_image else []
+    image = VHD(path, "r+", allow_parent_dirs=allowed)
     image.notes.extend(notes)
     return image
 

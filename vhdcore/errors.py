@@ -58,3 +58,7 @@ class LockedError(VHDError):
 
 class ConversionError(VHDError):
     """A conversion could not be completed; the destination was not created."""
+
+
+class UnsafeParentError(VHDError):
+    """A parent locator leads outside the allowed directories or through a symlink."""

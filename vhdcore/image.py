@@ -91,8 +91,9 @@ class VHD:
             primary footer read from its copy, a size rounded up, ...).
     """
 
-    def __init__(self, path, mode="r", *, parent_resolver=None, max_chain_depth=None,
-                 _depth=0, _seen=None):
+    def __init__(self, path, mode="r", *, allow_parent_dirs=(), allow_symlinks=False,
+                 max_chain_depth=None, parent_resolver=None,
+                 _policy=None, _depth=0, _seen=None):
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', not {mode!r}")
         self.path = os.fspath(path)
@@ -107,10 +108,13 @@ class VHD:
         try:
             self._load()
             if self.footer.disk_type == DISK_DIFFERENCING:
-                self.parent = chain.open_parent(
-                    self, resolver=parent_resolver, max_depth=max_chain_depth,
-                    depth=_depth, seen=_seen,
-                )
+                if _policy is None:
+                    _policy = chain.ParentPolicy.for_leaf(
+                        self.path, allow_parent_dirs=allow_parent_dirs,
+                        allow_symlinks=allow_symlinks, max_depth=max_chain_depth,
+                        resolver=parent_resolver,
+                    )
+                self.parent = chain.open_parent(self, _policy, depth=_depth, seen=_seen)
         except BaseException:
             self._file.close()
             raise
@@ -626,8 +630,10 @@ def open(path, mode: str = "r", **options) -> VHD:  # noqa: A001 - mirrors built
         path: the image file.
         mode: ``"r"`` (read-only; the file is never modified) or ``"r+"``
             (read and write; takes an exclusive lock).
-        **options: ``parent_resolver`` and ``max_chain_depth`` for
-            differencing chains (see :mod:`vhdcore.chain`).
+        **options: for differencing chains (see :mod:`vhdcore.chain`):
+            ``allow_parent_dirs`` (directories besides the image's own where
+            parents may live), ``allow_symlinks`` (follow links in parent
+            paths), ``max_chain_depth`` (default 30) and ``parent_resolver``.
 
     Raises:
         VHDError: the file is not a usable VHD; the message says why.

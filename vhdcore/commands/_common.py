@@ -28,3 +28,28 @@ def emit_json(data) -> None:
     """Print ``data`` as indented JSON on stdout."""
     json.dump(data, sys.stdout, indent=2, sort_keys=False)
     sys.stdout.write("\n")
+
+
+def add_chain_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that govern which parent files a differencing chain may open."""
+    parser.add_argument(
+        "--allow-parent-dir", action="append", default=[], metavar="DIR",
+        help="also allow parents in DIR (repeatable; the image's own directory is always allowed)",
+    )
+    parser.add_argument(
+        "--allow-symlinks", action="store_true",
+        help="follow symbolic links in parent paths (the target must still be in an allowed dir)",
+    )
+    parser.add_argument(
+        "--max-chain-depth", type=int, default=None, metavar="N",
+        help="refuse chains of more than N images (default 30)",
+    )
+
+
+def chain_options(args) -> dict:
+    """Keyword arguments for ``vhdcore.open`` from :func:`add_chain_flags`' flags."""
+    return {
+        "allow_parent_dirs": tuple(getattr(args, "allow_parent_dir", ()) or ()),
+        "allow_symlinks": bool(getattr(args, "allow_symlinks", False)),
+        "max_chain_depth": getattr(args, "max_chain_depth", None),
+    }

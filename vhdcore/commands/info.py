@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..image import open as open_image
 from ..info import describe
 from ..sizes import format_size
-from ._common import add_json_flag, emit_json
+from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
 
 HELP = "show what an image is: type, sizes, allocation, creator, UUID, geometry, parents"
 
@@ -13,6 +13,7 @@ HELP = "show what an image is: type, sizes, allocation, creator, UUID, geometry,
 def add_arguments(parser):
     parser.add_argument("image", help="the VHD image")
     add_json_flag(parser)
+    add_chain_flags(parser)
 
 
 def _sized(value):
@@ -20,7 +21,7 @@ def _sized(value):
 
 
 def run(args) -> int:
-    with open_image(args.image, "r") as image:
+    with open_image(args.image, "r", **chain_options(args)) as image:
         data = describe(image)
     if args.json:
         emit_json(data)
