@@ -56,6 +56,10 @@ MIN_BLOCK_SIZE = 512
 # blktap only 2 MiB); vhdcore writes 512 KiB..2 MiB by default.
 MAX_BLOCK_SIZE = 256 * 1024 * 1024
 
+# Most bytes of block allocation table vhdcore holds in memory: 16 Mi
+# entries, enough for 2040 GiB in blocks of 128 KiB or more.
+MAX_BAT_BYTES = 64 * 1024 * 1024
+
 # Default depth limit for differencing chains (XenServer's MAX_CHAIN_SIZE).
 DEFAULT_MAX_CHAIN_DEPTH = 30
 

@@ -41,12 +41,14 @@ from .constants import (
     FOOTER_COOKIE,
     FOOTER_SIZE,
     LEGACY_FOOTER_SIZE,
+    MAX_BAT_BYTES,
     SECTOR_SIZE,
 )
 from ._backend import kernels
 from .errors import (
     CorruptImageError,
     FormatError,
+    LimitError,
     OutOfRangeError,
     ReadOnlyError,
     VHDError,
@@ -224,11 +226,15 @@ class VHD:
         self._sectors_per_block = header.sectors_per_block
         self._block_span = self._bitmap_bytes + self.block_size
         self._blocks = batmod.blocks_needed(footer.current_size, header.block_size)
-        entries = header.max_table_entries
-        raw = f.pread(header.table_offset, entries * 4, "block allocation table")
-        table = kernels.bat_decode(raw)
-        # Entries past the blocks the disk needs are ignored (check reports them).
-        self.bat = np.ascontiguousarray(table[: self._blocks])
+        # Only the entries the virtual size needs are read: the rest are
+        # ignored (check reports them), and the table in memory is bounded.
+        if self._blocks * 4 > MAX_BAT_BYTES:
+            raise LimitError(
+                f"{self.path}: {self._blocks} blocks of {header.block_size} bytes need a "
+                f"{self._blocks * 4}-byte table, over the {MAX_BAT_BYTES}-byte limit"
+            )
+        raw = f.pread(header.table_offset, self._blocks * 4, "block allocation table")
+        self.bat = kernels.bat_decode(raw)
         self._bat_view = memoryview(self.bat)
         self.batmap = find_batmap(footer, header, lambda o, n: f.pread(o, n, "batmap"), file_size)
         self._metadata_end = batmod.metadata_end(
