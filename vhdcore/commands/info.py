@@ -32,7 +32,7 @@ def run(args) -> int:
         f"type: {data['type']}",
         f"virtual size: {_sized(data['virtual_size'])}",
     ]
-    if data["size_rule"] == "chs" or data["chs_size"] != data["current_size"]:
+    if data["chs_size"] != data["current_size"]:
         lines.append(
             f"size rule: {data['size_rule']} (current size {data['current_size']}, "
             f"CHS size {data['chs_size']})"
