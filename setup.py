@@ -1,7 +1,9 @@
 """Build the Cython kernels; all metadata lives in pyproject.toml.
 
-Set VHDCORE_DEBUG_BUILD=1 to compile with bounds and wraparound checks on,
-so the kernel tests can be run once against a checked build.
+Compiler directives are set here, once, for the whole extension. Set
+VHDCORE_DEBUG_BUILD=1 to compile with bounds, wraparound and
+initialisation checks on and without optimisation, so the kernel tests can
+be run once against a checked build (``make test-debug``).
 """
 
 import os
@@ -24,8 +26,20 @@ extensions = [
     Extension(
         "vhdcore._kernels",
         ["vhdcore/_kernels.pyx"],
-        extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"],
+        # Portable flags only: wheels must run on any x86-64 (or other)
+        # host, so no -march=native; the kernels are written so that the
+        # baseline instruction set vectorises them.
+        extra_compile_args=["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O3"],
     )
 ]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES))
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=DIRECTIVES,
+        # The debug build's C goes to its own directory: cythonize only
+        # compares timestamps, so sharing vhdcore/_kernels.c would let the
+        # next optimised build reuse C generated with the checks on.
+        build_dir="build/debug-c" if DEBUG else None,
+    )
+)
