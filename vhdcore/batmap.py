@@ -278,7 +278,7 @@ class Batmap:
                     f"checksum mismatch at {at:#x}: stored {self.checksum:#010x}, "
                     f"computed {computed:#010x}",
                     ChecksumError,
-                    at + 20,
+                    at + 24,
                 )
             elif bat is not None:
                 table = np.asarray(bat, dtype=np.uint32)
