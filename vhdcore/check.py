@@ -196,7 +196,7 @@ PROBLEM_CODES: Dict[str, str] = {
     "chain.block_size": "warning: a parent with another block size (coalescing needs equal)",
     "chain.parent_smaller": "warning: a parent smaller than its child",
     # data (--deep)
-    "data.clear_bitmap": "error: dynamic disk with data under clear bitmap bits",
+    "data.clear_bitmap": "warning: dynamic disk with data under clear bitmap bits",
     "data.stale": "warning: differencing disk with stale data under clear bitmap bits",
 }
 
@@ -1332,7 +1332,10 @@ class _Checker:
                 "tool that copies the file"
             )
         else:
-            code, severity = "data.clear_bitmap", "error"
+            # A warning, not corruption: a crash between writing data and
+            # setting its bits leaves exactly this, for a write nobody had
+            # flushed, and either reading of it (old zeros, new data) is fair.
+            code, severity = "data.clear_bitmap", "warning"
             meaning = (
                 "the specification reads those sectors as zeros while qemu and vhdcore "
                 "return the data"

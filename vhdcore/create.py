@@ -22,6 +22,7 @@ from . import bat as batmod
 from .constants import (
     BAT_UNUSED,
     DEFAULT_BLOCK_SIZE,
+    DEFAULT_MAX_CHAIN_DEPTH,
     DISK_DIFFERENCING,
     DISK_DYNAMIC,
     DISK_FIXED,
@@ -56,6 +57,23 @@ def _check_block_size(block_size: int) -> None:
             f"block size {block_size} must be a power of two from {MIN_BLOCK_SIZE} "
             f"to {MAX_BLOCK_SIZE} bytes"
         )
+
+
+def parent_locators(child_path, parent_path):
+    """``[(code, payload)]``: the locators a child at ``child_path`` gets for its parent.
+
+    The same pair :func:`create` writes: ``W2ru`` relative to the child's
+    directory, then ``W2ku`` with the parent's absolute path. Rebase uses
+    it so a re-parented child looks like a freshly created one.
+    """
+    parent_path = os.path.abspath(os.fspath(parent_path))
+    return [
+        (code, encode_locator(code, text))
+        for code, text in (
+            (PLATFORM_W2RU, relative_parent_path(os.fspath(child_path), parent_path)),
+            (PLATFORM_W2KU, parent_path),
+        )
+    ]
 
 
 def _dynamic_layout(path, size, disk_type, block_size, footer, parent):
@@ -189,9 +207,26 @@ def create(
     finally:
         if own_parent and parent_image is not None:
             parent_image.close()
-    # The caller named this parent, so its directory is allowed for the reopen.
-    allowed = [os.path.dirname(os.path.abspath(parent_image.path))] if parent_image else []
-    image = VHD(path, "r+", allow_parent_dirs=allowed)
+    # The caller named this parent (and opened its chain), so the reopen
+    # may use every directory that chain lives in, and one more level of
+    # depth than it has: otherwise a chain the caller could open would fail
+    # here, after the file was made.
+    reopen = {}
+    if parent_image is not None:
+        members = parent_image.chain
+        reopen["allow_parent_dirs"] = sorted(
+            {os.path.dirname(os.path.abspath(m.path)) for m in members}
+        )
+        reopen["max_chain_depth"] = max(DEFAULT_MAX_CHAIN_DEPTH, len(members) + 1)
+    try:
+        image = VHD(path, "r+", **reopen)
+    except BaseException:
+        # A failed create leaves no file behind.
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise
     image.notes.extend(notes)
     return image
 

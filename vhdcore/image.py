@@ -138,6 +138,11 @@ class VHD:
             footer.cookie != FOOTER_COOKIE and file_size >= 2 * FOOTER_SIZE
         ):
             footer = self._reconcile_copy(footer, footer_offset, file_size)
+        else:
+            # A fixed disk has no copy to fall back on: its one footer must
+            # pass every rule (checksum, type, size against the file) before
+            # anything trusts its sizes.
+            raise_for(self._footer_errors(footer, footer_offset, file_size))
         self.footer = footer
         self.type = DISK_TYPE_NAMES[footer.disk_type]
         self.size_rule = size_rule(footer.creator_app, footer.geometry)
@@ -522,8 +527,10 @@ class VHD:
             )
             self._file.pwrite(data_start, piece)
             touched.append((block, position, len(piece)))
+        updates = {}
         for block, position, size in touched:
-            self._mark_written(block, position - block * block_size, size)
+            self._bitmap_update(updates, block, position - block * block_size, size)
+        self._store_bitmaps(updates)
 
     def _zero_reads_through(self, start, end) -> bool:
         """Whether leaving ``[start, end)`` unallocated already reads as zeros."""
@@ -551,7 +558,14 @@ class VHD:
         # 1. Extend: footer at the new end, zeros over the blocks' bitmaps
         #    and over any old bytes (the old footer, trailing garbage) the
         #    new blocks now cover.
-        f.pwrite(new_end, footer_bytes)
+        try:
+            f.pwrite(new_end, footer_bytes)
+        except OSError:
+            # A full disk can take part of the footer: cut the file back so
+            # the old footer is at its end again, not a torn new one.
+            if f.size() > old_size:
+                f.truncate(old_size)
+            raise
         zero_bitmap = bytes(self._bitmap_bytes)
         for i in range(len(blocks)):
             start = first + i * span
@@ -592,14 +606,289 @@ class VHD:
 
     def _mark_written(self, block, within, size):
         """Set the bitmap bits of the sectors a write covered (step 5)."""
-        bitmap = self._bitmap(block)
+        updates = {}
+        self._bitmap_update(updates, block, within, size)
+        self._store_bitmaps(updates)
+
+    def _bitmap_update(self, updates, block, within, size) -> None:
+        """Add to ``updates`` ({block: new bitmap}) the bits a write of ``[within, +size)`` sets.
+
+        The cached bitmap is not touched: it changes only once the new one
+        is on disk (:meth:`_store_bitmaps`), so after a failed write the
+        handle never believes in bits the file does not hold.
+        """
+        bitmap = updates.get(block)
+        if bitmap is None:
+            bitmap = self._bitmap(block)
         first = within // SECTOR_SIZE
-        last = (within + size + SECTOR_SIZE - 1) // SECTOR_SIZE
-        if kernels.bitmap_count(bitmap, first, last - first) == last - first:
+        count = (within + size + SECTOR_SIZE - 1) // SECTOR_SIZE - first
+        if kernels.bitmap_count(bitmap, first, count) == count:
             return
-        kernels.bitmap_fill(bitmap, first, last - first, True)
-        entry = self._bat_view[block]
-        self._file.pwrite(entry * SECTOR_SIZE, bitmap)
+        if block not in updates:
+            bitmap = updates[block] = bytearray(bitmap)
+        kernels.bitmap_fill(bitmap, first, count, True)
+
+    def _store_bitmaps(self, updates) -> None:
+        """Write changed bitmaps (step 5), then adopt them in the cache.
+
+        In a differencing disk a set bit sends reads away from the parent,
+        so the data it covers must be durable first (W1 step 6): otherwise
+        a power loss could keep the bit and lose the data, and the sector
+        would read as zeros, neither the old nor the new contents.
+        """
+        if not updates:
+            return
+        if self.parent is not None:
+            self._file.flush()
+        for block in sorted(updates):
+            self._file.pwrite(self._bat_view[block] * SECTOR_SIZE, updates[block])
+            self._bitmaps[block] = updates[block]
+
+    # ------------------------------------------------------------------
+    # batch writes and layout changes (commit, rebase, resize, compact)
+    #
+    # These keep the crash-safe order of the module docstring: a block's
+    # space is filled before the BAT points at it, and a block's old space
+    # is reused only after the BAT entry pointing away from it is durable.
+
+    def reserve(self, ranges) -> int:
+        """Allocate, with one barrier, every unallocated block under ``ranges``.
+
+        A reserved block reads exactly as before (its bitmap is zero, its
+        data area zeros), so a crash afterwards changes no contents; later
+        writes into it need no barrier of their own. Commit reserves all
+        the parent blocks it will fill before copying anything, so the
+        whole copy costs one fsync up front and one at the end.
+
+        Args:
+            ranges: ``(offset, length)`` virtual byte ranges.
+
+        Returns:
+            How many blocks were allocated (0 for fixed disks).
+
+        Raises:
+            ReadOnlyError: the image is open read-only.
+            OutOfRangeError: a range leaves the virtual disk.
+        """
+        if self.mode != "r+":
+            raise ReadOnlyError(f"{self.path}: image is open read-only")
+        if self.bat is None:
+            return 0
+        block_size = self.block_size
+        blocks = set()
+        for offset, length in ranges:
+            self._check_range(offset, length)
+            if length <= 0:
+                continue
+            first = offset // block_size
+            last = (offset + length - 1) // block_size
+            span = self.bat[first : last + 1]
+            blocks.update((np.flatnonzero(span == BAT_UNUSED) + first).tolist())
+        if blocks:
+            self._allocate(sorted(blocks))
+        return len(blocks)
+
+    def write_many(self, pieces, *, allocate_zeros: bool = False) -> int:
+        """Write several ``(offset, data)`` pieces with at most one allocation barrier.
+
+        Equivalent to calling :meth:`write` for each piece, except that the
+        blocks they need are allocated together (one fsync), all data is
+        written before any bitmap, and each touched bitmap is written once.
+
+        Args:
+            pieces: ``(offset, bytes-like)`` pairs; they must not overlap.
+            allocate_zeros: store all-zero pieces even where leaving the
+                block unallocated would read as zeros already. Rebase needs
+                this: zeros the child must keep holding once its parent
+                changes.
+
+        Returns:
+            The bytes written.
+        """
+        if self.mode != "r+":
+            raise ReadOnlyError(f"{self.path}: image is open read-only")
+        items = []
+        total = 0
+        for offset, data in pieces:
+            view = memoryview(data)
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
+            self._check_range(offset, len(view))
+            if len(view):
+                items.append((offset, view))
+                total += len(view)
+        if self.bat is None:
+            for offset, view in items:
+                self._file.pwrite(offset, view)
+            return total
+        if self.parent is not None:
+            items = [self._whole_sectors(offset, view) for offset, view in items]
+        block_size = self.block_size
+        planned = []
+        to_allocate = set()
+        for offset, view in items:
+            end = offset + len(view)
+            position = offset
+            while position < end:
+                block = position // block_size
+                piece_end = min((block + 1) * block_size, end)
+                piece = view[position - offset : piece_end - offset]
+                if self._bat_view[block] == BAT_UNUSED and block not in to_allocate:
+                    if (
+                        not allocate_zeros
+                        and kernels.is_zero(piece)
+                        and self._zero_reads_through(position, piece_end)
+                    ):
+                        position = piece_end
+                        continue
+                    to_allocate.add(block)
+                planned.append((block, position, piece))
+                position = piece_end
+        if to_allocate:
+            self._allocate(sorted(to_allocate))
+        for block, position, piece in planned:
+            start = (
+                self._bat_view[block] * SECTOR_SIZE + self._bitmap_bytes
+                + (position - block * block_size)
+            )
+            self._file.pwrite(start, piece)
+        dirty = {}
+        for block, position, piece in planned:
+            self._bitmap_update(dirty, block, position - block * block_size, len(piece))
+        self._store_bitmaps(dirty)
+        return total
+
+    def _whole_sectors(self, offset, view):
+        """``(offset, view)`` widened to whole sectors from the chain's current view."""
+        head = offset % SECTOR_SIZE
+        tail = (offset + len(view)) % SECTOR_SIZE
+        if not head and not tail:
+            return offset, view
+        start = offset - head
+        end = offset + len(view) + ((SECTOR_SIZE - tail) if tail else 0)
+        whole = bytearray(end - start)
+        if head:
+            whole[:SECTOR_SIZE] = self.read(start, SECTOR_SIZE)
+        if tail:
+            whole[-SECTOR_SIZE:] = self.read(end - SECTOR_SIZE, SECTOR_SIZE)
+        whole[head : head + len(view)] = view
+        return start, memoryview(whole)
+
+    def relocate_blocks(self, moves, *, after: int = 0) -> None:
+        """Move allocated blocks (bitmap and data) to new places in the file.
+
+        Crash-safe order: (1) when appending, the new footer at the new end
+        of file; the copies; (2) barrier; (3) the BAT sectors pointing at
+        the copies; (4) barrier. Until (3) the BAT points at the old
+        copies, which nothing has touched; after (4) the old space is free
+        and the caller may reuse it. A crash leaves leaked space at worst.
+
+        Args:
+            moves: ``(block, target)`` pairs: the BAT index of an allocated
+                block and the sector-aligned byte offset to copy it to,
+                which must lie in space nothing references; ``None``
+                appends the block after the last one (and at or after
+                ``after``, so a caller growing the metadata can clear room).
+        """
+        if self.mode != "r+":
+            raise ReadOnlyError(f"{self.path}: image is open read-only")
+        if not moves:
+            return
+        f = self._file
+        span = self._block_span
+        appended = sum(1 for _block, target in moves if target is None)
+        old_size = f.size()
+        first = max(self._next_free, -(-after // SECTOR_SIZE) * SECTOR_SIZE)
+        new_end = first + span * appended
+        if appended:
+            f.pwrite(new_end, self.footer.to_bytes())
+        pending = np.array(self.bat, copy=True)
+        slot = 0
+        for block, target in moves:
+            if self._bat_view[block] == BAT_UNUSED:
+                raise ValueError(f"{self.path}: block {block} is not allocated")
+            if target is None:
+                target = first + slot * span
+                slot += 1
+            if target % SECTOR_SIZE:
+                raise ValueError(f"{self.path}: block target {target:#x} is not sector-aligned")
+            self._copy_span(int(self._bat_view[block]) * SECTOR_SIZE, target, span)
+            pending[block] = target // SECTOR_SIZE
+        if appended and old_size > new_end + FOOTER_SIZE:
+            f.truncate(new_end + FOOTER_SIZE)
+        f.flush()
+        self._store_bat(pending, [block for block, _target in moves])
+        f.flush()
+        if appended:
+            self._next_free = new_end
+
+    def release_blocks(self, blocks) -> None:
+        """Mark ``blocks`` unallocated in the BAT (then barrier); their space leaks
+        until the file is compacted. The caller decides that their contents
+        may go (all zeros, or past a shrunk end)."""
+        if self.mode != "r+":
+            raise ReadOnlyError(f"{self.path}: image is open read-only")
+        blocks = [b for b in blocks if self._bat_view[b] != BAT_UNUSED]
+        if not blocks:
+            return
+        pending = np.array(self.bat, copy=True)
+        pending[blocks] = BAT_UNUSED
+        self._store_bat(pending, blocks)
+        for block in blocks:
+            self._bitmaps.pop(block, None)
+        self._file.flush()
+
+    def _copy_span(self, source, target, length) -> None:
+        buffer = bytearray(min(length, 4 << 20))
+        view = memoryview(buffer)
+        done = 0
+        while done < length:
+            chunk = min(len(view), length - done)
+            self._file.preadinto(source + done, view[:chunk], "block being moved")
+            self._file.pwrite(target + done, view[:chunk])
+            done += chunk
+
+    def _store_bat(self, pending, blocks) -> None:
+        """Write the BAT sectors holding ``blocks`` from ``pending``, then adopt them."""
+        for sector in sorted({block * 4 // SECTOR_SIZE for block in blocks}):
+            lo = sector * SECTOR_SIZE // 4
+            hi = min(lo + SECTOR_SIZE // 4, len(pending))
+            raw = bytearray(kernels.bat_encode(pending[lo:hi]))
+            if len(raw) < SECTOR_SIZE:
+                raw += self._file.pread(
+                    self.header.table_offset + lo * 4 + len(raw),
+                    SECTOR_SIZE - len(raw), "block allocation table",
+                )
+            self._file.pwrite(self.header.table_offset + lo * 4, raw)
+            self.bat[lo:hi] = pending[lo:hi]
+
+    def store_header(self, header) -> None:
+        """Write ``header`` (a :class:`DynamicHeader`) in place: one 1024-byte write."""
+        if self.mode != "r+":
+            raise ReadOnlyError(f"{self.path}: image is open read-only")
+        self._file.pwrite(self.footer.data_offset, header.to_bytes())
+        self.header = header
+
+    def store_footer(self, footer) -> None:
+        """Write ``footer`` at the end of the file, then its copy at offset 0.
+
+        The copy exists for dynamic and differencing disks only. A crash
+        between the two writes leaves a primary the engine trusts and a
+        copy that ``check`` reports as different; rerunning the operation
+        rewrites both.
+        """
+        if self.mode != "r+":
+            raise ReadOnlyError(f"{self.path}: image is open read-only")
+        raw = footer.to_bytes()
+        self._file.pwrite(self._file.size() - FOOTER_SIZE, raw)
+        if footer.disk_type != DISK_FIXED:
+            self._file.pwrite(0, raw)
+        self.footer = footer
+
+    def reload(self) -> None:
+        """Re-read footer, header, BAT and batmap after a change to the layout."""
+        self._bitmaps = {}
+        self._load()
 
     # ------------------------------------------------------------------
     # lifetime

@@ -1,0 +1,25 @@
+"""``vhdcore snapshot PARENT CHILD``: a new, empty differencing child."""
+
+from __future__ import annotations
+
+from ..snapshot import snapshot
+from ._common import add_json_flag, emit_json
+
+HELP = "create an empty differencing image (a snapshot) on top of PARENT"
+
+
+def add_arguments(parser):
+    parser.add_argument("parent", help="the image to freeze; it must not change afterwards")
+    parser.add_argument("child", help="the new differencing image")
+    parser.add_argument("--force", action="store_true", help="replace an existing CHILD file")
+    add_json_flag(parser)
+
+
+def run(args) -> int:
+    data = snapshot(args.parent, args.child, overwrite=args.force)
+    if args.json:
+        emit_json(data)
+    else:
+        print(f"created snapshot {data['filename']} of {args.parent}: "
+              f"{data['virtual_size']} bytes, block size {data['block_size']}")
+    return 0

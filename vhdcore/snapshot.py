@@ -1,0 +1,38 @@
+"""Snapshot: a new, empty differencing child on top of an image.
+
+The child records the parent's UUID, the parent file's modification time,
+its name and two locators (``W2ru`` relative to the child's directory and
+``W2ku`` absolute), exactly as :func:`vhdcore.create` writes them. From
+then on the parent must not change: writes go to the child, and
+``vhdcore commit`` folds them back when wanted.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .create import create
+from .info import describe
+
+__all__ = ["snapshot"]
+
+
+def snapshot(parent, child, *, overwrite: bool = False) -> dict:
+    """Create ``child`` as an empty differencing image of ``parent``.
+
+    Args:
+        parent: the image to freeze (any type; it is only read).
+        child: the new differencing image.
+        overwrite: replace an existing ``child`` file.
+
+    Returns:
+        :func:`vhdcore.info.describe` of the new child.
+
+    Raises:
+        VHDError: the parent cannot be opened.
+        FileExistsError: ``child`` exists and ``overwrite`` is false.
+    """
+    if os.path.exists(child) and os.path.samefile(parent, child):
+        raise FileExistsError(17, "a snapshot cannot replace its own parent", os.fspath(child))
+    with create(child, parent=parent, overwrite=overwrite) as image:
+        return describe(image)
