@@ -48,6 +48,7 @@ MESSAGES = {
     "footer_null_uuid": "unique id at 0x400c44 is all zero",
     "footer_copy_mismatch": "footer copy at 0x0 differs from the footer at 0x400c00 in timestamp",
     "footer_copy_size_mismatch": "in current_size",
+    "footer_copy_stale": "an interrupted resize",
     "footer_copy_missing": "no footer copy at offset 0",
     "footer_missing_truncated": "the file ends at 0x400c00, right after the last block",
     "footer_missing_zeroed": "the last sector (0x400c00) is all zero",

@@ -221,7 +221,7 @@ RULES = [
     ("reserved1", _dynamic(reserved1=1), D, "header.reserved", "warning", None),
     ("reserved2", _dynamic(reserved2=bytes(255) + b"\x01"), D, "header.reserved", "warning", None),
     ("parent-on-dynamic", _differencing(), D, "header.parent_fields", "warning", None),
-    ("parent-uuid-null", _differencing(parent_uuid=uuid.UUID(int=0)), V, "header.parent_uuid", "warning", None),
+    ("parent-uuid-null", _differencing(parent_uuid=uuid.UUID(int=0)), V, "header.parent_uuid", "error", UnsupportedError),
     ("no-parent-at-all", _differencing(locators=[], parent_name_raw=bytes(512)), V, "header.parent_name", "error", CorruptImageError),
     ("locator-code", _with_locator(3, ParentLocator(b"ABCD", 1, 4, 0, 3584)), V, "locator.code", "error", CorruptImageError),
     ("locator-unused-nonzero", _with_locator(3, ParentLocator(b"\0\0\0\0", 1, 0, 0, 0)), V, "locator.unused_nonzero", "warning", None),

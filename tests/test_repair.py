@@ -246,3 +246,26 @@ def test_a_crash_mid_repair_leaves_the_image_no_worse(tmp_path, monkeypatch, nam
         finished = repair(image, force=force)
         assert finished.exit_code == 0, finished.skipped
         assert check(image).clean
+
+
+def test_interrupted_resize_copy_is_a_warning_that_repair_fixes(tmp_path):
+    """A copy at offset 0 left with the old size (a resize cut between its footer writes)."""
+    from vhdcore.resize import resize
+
+    path = tmp_path / "grown.vhd"
+    with vhdcore.create(path, 4 * 1024 * 1024) as image:
+        image.write(0, b"keep me")
+    old_copy = path.read_bytes()[:512]
+    resize(path, 8 * 1024 * 1024)
+    with open(path, "r+b") as raw:
+        raw.write(old_copy)  # the state between the primary and the copy write
+    report = check(path)
+    assert report.exit_code == 0
+    assert [p.code for p in report.problems] == ["footer.copy_stale"]
+    result = repair(path)
+    assert any("footer copy" in a.what for a in result.actions)
+    after = check(path)
+    assert after.problems == [] and after.exit_code == 0
+    with vhdcore.open(path) as image:
+        assert image.virtual_size == 8 * 1024 * 1024
+        assert image.read(0, 7) == b"keep me"

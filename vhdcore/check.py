@@ -146,6 +146,7 @@ PROBLEM_CODES: Dict[str, str] = {
     "footer.legacy": "warning: a 511-byte legacy footer",
     "footer.mismatch": "error: the copy at offset 0 and the primary footer differ",
     "footer.mismatch_hidden": "warning: they differ only in blktap's hidden flag",
+    "footer.copy_stale": "warning: the copy at offset 0 has an older size (an interrupted resize)",
     "footer_copy.missing": "error: no footer copy at offset 0 of a dynamic/differencing disk",
     # dynamic header
     "header.cookie": "error: no 'cxsparse' cookie (checking stops)",
@@ -160,7 +161,7 @@ PROBLEM_CODES: Dict[str, str] = {
     "header.max_table_entries": "error: fewer BAT entries than the virtual size needs",
     "header.reserved": "warning: reserved header fields not zero",
     "header.parent_fields": "warning: parent UUID/name/locators set on a non-differencing disk",
-    "header.parent_uuid": "warning: a differencing disk with a null parent UUID",
+    "header.parent_uuid": "error: a differencing disk with a null parent UUID (a raw parent)",
     "header.parent_name": "error: a differencing disk with neither parent name nor locator",
     # BAT
     "bat.outside": "error: a block over the metadata, over the footer or past the file",
@@ -205,6 +206,11 @@ _KILLED_BYTE = 0xC7
 _ORDER_CHUNK = 1 << 16  # tapdisk overwrites the footer with this while open
 
 _FOOTER_FIELDS = [f.name for f in dataclasses.fields(Footer)]
+# Footer fields a resize changes (besides the checksum it recomputes).
+_RESIZE_FIELDS = {
+    "current_size", "original_size", "geometry", "timestamp",
+    "creator_app", "creator_version", "creator_os",
+}
 
 
 @dataclass(frozen=True)
@@ -743,6 +749,25 @@ class _Checker:
             return
         report.copy_state = "mismatch"
         self.extend(copy_problems)
+        if (
+            "current_size" in differing
+            and set(differing) <= _RESIZE_FIELDS
+            and primary.timestamp > copy.timestamp
+        ):
+            # Both footers are valid and agree on identity and layout; the
+            # primary is strictly newer and differs only in what a resize
+            # changes. That is what a resize interrupted between its two
+            # footer writes leaves (resize writes the primary first, with a
+            # newer timestamp): the primary is authoritative and repair
+            # brings the copy up to date.
+            self.add(
+                "footer.copy_stale",
+                f"footer copy at 0x0 still describes {copy.current_size} bytes while the "
+                f"footer at {primary_offset:#x} describes {primary.current_size} (an "
+                f"interrupted resize): qemu reads the copy; 'vhdcore repair' updates it",
+                "warning", 0,
+            )
+            return
         self.add(
             "footer.mismatch",
             f"footer copy at 0x0 differs from the footer at {primary_offset:#x} in "

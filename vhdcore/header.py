@@ -526,9 +526,10 @@ class DynamicHeader:
             add(
                 "header.parent_uuid",
                 f"differencing header at {offset:#x} has a null parent UUID "
-                f"(blktap's raw parent); the parent cannot be verified",
+                f"(blktap's mark of a raw parent): the parent cannot be verified, and "
+                f"vhdcore does not open raw parents",
                 "parent_uuid",
-                severity="warning",
+                error=UnsupportedError,
             )
         if not self.parent_name and not self.used_locators:
             add(

@@ -83,6 +83,14 @@ MAX_BACKUP_TAIL = 64 << 20
 # Footer fields in which the two copies may differ without doubt about
 # which is right: the primary (the one at the end) wins.
 _HARMLESS_FOOTER_FIELDS = {"timestamp", "checksum", "saved_state", "reserved"}
+# Warnings repair acts on although the image is clean without them.
+REPAIRABLE_WARNINGS = {"footer.copy_stale"}
+
+# A copy check() calls stale (an interrupted resize) may differ in these too:
+# the primary, written first, holds the new size.
+_RESIZE_FIELDS = {
+    "current_size", "original_size", "geometry", "creator_app", "creator_version", "creator_os",
+}
 
 # Write phases, in order.
 _PHASE_BAT, _PHASE_HEADER, _PHASE_FOOTER, _PHASE_COPY, _PHASE_TRUNCATE = range(5)
@@ -196,7 +204,7 @@ def repair(path, dry_run: bool = False, force: bool = False, *,
     path = os.fspath(path)
     before = check(path, now=now)
     report = RepairReport(path=path, dry_run=dry_run, before=before)
-    if before.clean:
+    if before.clean and not any(p.code in REPAIRABLE_WARNINGS for p in before.problems):
         return report
     _Planner(before, force, report).plan()
     report.actions.sort(key=lambda action: action.phase)
@@ -489,7 +497,9 @@ class _Planner:
                 name for name in Footer.__dataclass_fields__
                 if getattr(primary, name) != getattr(copy, name)
             ]
-            serious = [name for name in differing if name not in _HARMLESS_FOOTER_FIELDS]
+            stale = any(p.code == "footer.copy_stale" for p in before.problems)
+            harmless = _HARMLESS_FOOTER_FIELDS | (_RESIZE_FIELDS if stale else set())
+            serious = [name for name in differing if name not in harmless]
             if serious and not self.force:
                 self.skip(
                     "footer.mismatch",
@@ -503,7 +513,7 @@ class _Planner:
                      f"(it was {before.copy_state})",
             0, FOOTER_SIZE, _describe_footer_bytes(current),
             _describe_footer(Footer.from_bytes(good)),
-            ("footer.mismatch", "footer_copy.missing", "footer_copy.checksum",
+            ("footer.mismatch", "footer.copy_stale", "footer_copy.missing", "footer_copy.checksum",
              "footer_copy.cookie", "footer_copy.version", "footer_copy.features_unknown",
              "footer_copy.disk_type", "footer_copy.data_offset"),
             _PHASE_COPY, good, current,

@@ -62,7 +62,13 @@ from .constants import (
 from ._backend import kernels
 from .errors import LimitError, VHDError
 from .extent import ZERO
-from .footer import DEFAULT_CREATOR_APP, DEFAULT_CREATOR_OS, DEFAULT_CREATOR_VERSION, Footer
+from .footer import (
+    DEFAULT_CREATOR_APP,
+    DEFAULT_CREATOR_OS,
+    DEFAULT_CREATOR_VERSION,
+    Footer,
+    vhd_timestamp,
+)
 from .geometry import chs_for_sectors, size_rule
 from .header import ParentLocator, encode_parent_name
 from .image import open as open_image
@@ -302,7 +308,12 @@ def _new_footer(footer, size, notes):
     # libvhdi (vhdiinfo 20210425) reports original_size as the media size,
     # so both fields follow the resize; the specification calls the
     # original size informational.
-    changes = {"current_size": size, "original_size": size, "geometry": geometry}
+    # A strictly newer timestamp marks the primary footer (written first) as
+    # the one to trust if a crash leaves the copy at offset 0 behind.
+    changes = {
+        "current_size": size, "original_size": size, "geometry": geometry,
+        "timestamp": max(vhd_timestamp(time.time()), footer.timestamp + 1),
+    }
     if size_rule(footer.creator_app, geometry) == "chs" and geometry.size != size:
         # CHS cannot say this size and this creator makes peers read CHS.
         changes.update(creator_app=DEFAULT_CREATOR_APP, creator_version=DEFAULT_CREATOR_VERSION,

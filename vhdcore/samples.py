@@ -573,6 +573,14 @@ def footer_copy_size_mismatch(directory) -> Sample:
                           primary=False, copy=True, current_size=SIZE - BLOCK)
 
 
+def footer_copy_stale(directory) -> Sample:
+    return _footer_sample(directory, "footer_copy_stale", ["footer.copy_stale"], 0, "yes",
+                          "the copy at offset 0 holds an older timestamp and a smaller size: "
+                          "a resize interrupted between its two footer writes",
+                          primary=False, copy=True, current_size=SIZE - BLOCK,
+                          original_size=SIZE - BLOCK, timestamp=TIMESTAMP - 60)
+
+
 def footer_copy_missing(directory) -> Sample:
     name = "footer_copy_missing"
     path, digest = _dynamic(directory, name)
@@ -985,6 +993,7 @@ DAMAGED: Dict[str, Callable[[Path], Sample]] = {
         footer_null_uuid,
         footer_copy_mismatch,
         footer_copy_size_mismatch,
+        footer_copy_stale,
         footer_copy_missing,
         footer_missing_truncated,
         footer_missing_zeroed,
