@@ -202,15 +202,23 @@ def repair(path, dry_run: bool = False, force: bool = False, *,
         LockedError: another writer has the image open.
     """
     path = os.fspath(path)
-    before = check(path, now=now)
-    report = RepairReport(path=path, dry_run=dry_run, before=before)
-    if before.clean and not any(p.code in REPAIRABLE_WARNINGS for p in before.problems):
-        return report
-    _Planner(before, force, report).plan()
-    report.actions.sort(key=lambda action: action.phase)
-    if dry_run or not report.actions:
-        return report
-    _apply(path, report)
+    # The writer's lock comes first, so no other writer can change the image
+    # between the check that plans the repair and the writes that carry it
+    # out, and a locked image fails before anything (even a backup) is made.
+    lock = None if dry_run else open_image_file(path, writable=True)
+    try:
+        before = check(path, now=now)
+        report = RepairReport(path=path, dry_run=dry_run, before=before)
+        if before.clean and not any(p.code in REPAIRABLE_WARNINGS for p in before.problems):
+            return report
+        _Planner(before, force, report).plan()
+        report.actions.sort(key=lambda action: action.phase)
+        if dry_run or not report.actions:
+            return report
+        _apply(lock, report)
+    finally:
+        if lock is not None:
+            lock.close()
     report.after = check(path, now=now)
     return report
 
@@ -644,25 +652,24 @@ def undo(path, backup_path) -> None:
         image.flush()
 
 
-def _apply(path: str, report: RepairReport) -> None:
+def _apply(image, report: RepairReport) -> None:
+    """Back up, then carry out, the planned actions through the locked ``image``."""
     before = report.before
+    path = image.path
     records = []
     for action in report.actions:
         if action.kind == "write":
             records.append((action.offset, action.original, action.what))
         elif action.original:
             records.append((action.offset, action.original, action.what))
-    # Take the writer's lock before anything else: a locked image fails
-    # with LockedError and no backup file is left behind.
-    with open_image_file(path, writable=True) as image:
-        report.backup_path = write_backup(path, before.file_size, records)
-        phase = None
-        for action in report.actions:
-            if phase is not None and action.phase != phase:
-                image.flush()  # a barrier between phases: see the module docstring
-            phase = action.phase
-            if action.kind == "write":
-                image.pwrite(action.offset, action.data)
-            else:
-                image.truncate(action.offset)
-        image.flush()
+    report.backup_path = write_backup(path, before.file_size, records)
+    phase = None
+    for action in report.actions:
+        if phase is not None and action.phase != phase:
+            image.flush()  # a barrier between phases: see the module docstring
+        phase = action.phase
+        if action.kind == "write":
+            image.pwrite(action.offset, action.data)
+        else:
+            image.truncate(action.offset)
+    image.flush()
