@@ -27,8 +27,11 @@ class ImageFile:
             read-only.
         create: create the file, failing if it exists (``O_EXCL``).
         lock: for writable handles, take an exclusive ``flock`` so a second
-            writer gets :class:`LockedError` instead of corrupting the image;
-            read-only handles take no lock and are never blocked.
+            writer gets :class:`LockedError` instead of corrupting the image.
+            Read-only handles take no lock and are never blocked, unless
+            ``lock="shared"``: then they take a shared lock, which fails
+            while a writer holds the image and keeps writers out meanwhile
+            (what a conversion wants of its source, as qemu-img does).
     """
 
     def __init__(self, path, writable: bool = False, create: bool = False, lock: bool = True):
@@ -40,16 +43,20 @@ class ImageFile:
         self.writable = writable
         self.fd = os.open(self.path, flags, 0o644)
         if writable and lock:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(self.fd)
-                self.fd = -1
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise LockedError(
-                        f"{self.path}: image is open for writing by another handle or process"
-                    ) from None
-                raise
+            self._lock(fcntl.LOCK_EX, "image is open for writing by another handle or process "
+                                      "(or being read by a conversion)")
+        elif lock == "shared":
+            self._lock(fcntl.LOCK_SH, "image is open for writing by another handle or process")
+
+    def _lock(self, kind: int, busy: str) -> None:
+        try:
+            fcntl.flock(self.fd, kind | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self.fd)
+            self.fd = -1
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LockedError(f"{self.path}: {busy}") from None
+            raise
 
     # -- reading -----------------------------------------------------------
 

@@ -94,7 +94,7 @@ class VHD:
     """
 
     def __init__(self, path, mode="r", *, allow_parent_dirs=(), allow_symlinks=False,
-                 max_chain_depth=None, parent_resolver=None,
+                 max_chain_depth=None, parent_resolver=None, consistent=False,
                  _policy=None, _depth=0, _seen=None):
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', not {mode!r}")
@@ -106,7 +106,9 @@ class VHD:
         self.bat = None
         self._bitmaps = {}
         self._closed = False
-        self._file = open_image_file(self.path, writable=(mode == "r+"))
+        self._file = open_image_file(
+            self.path, writable=(mode == "r+"), lock="shared" if consistent else True
+        )
         try:
             self._load()
             if self.footer.disk_type == DISK_DIFFERENCING:
@@ -928,7 +930,10 @@ def open(path, mode: str = "r", **options) -> VHD:  # noqa: A001 - mirrors built
         **options: for differencing chains (see :mod:`vhdcore.chain`):
             ``allow_parent_dirs`` (directories besides the image's own where
             parents may live), ``allow_symlinks`` (follow links in parent
-            paths), ``max_chain_depth`` (default 30) and ``parent_resolver``.
+            paths), ``max_chain_depth`` (default 30) and ``parent_resolver``;
+            ``consistent=True`` makes a read-only open take a shared lock,
+            refused while a writer holds the image and keeping writers out
+            until closed (conversions and commits read their sources so).
 
     Raises:
         VHDError: the file is not a usable VHD; the message says why.
