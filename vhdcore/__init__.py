@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from . import errors
 from ._backend import BACKEND
+from .convert import convert
 from .create import create
 from .errors import VHDError
 from .image import VHD, open
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKEND", "VHD", "VHDError", "create", "errors", "open", "__version__"]
+__all__ = ["BACKEND", "VHD", "VHDError", "convert", "create", "errors", "open", "__version__"]

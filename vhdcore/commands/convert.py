@@ -1,0 +1,140 @@
+"""``vhdcore convert SRC DST``: raw or any VHD to raw, fixed or dynamic.
+
+When DST is ``-`` the image goes to stdout, so the report (text or
+``--json``) goes to stderr instead. SIGTERM is turned into an exception
+for the duration of the conversion, so ``kill`` cleans up the temporary
+file just as Ctrl-C does.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from ._common import add_json_flag, emit_json, size_argument
+
+HELP = "convert an image: raw or VHD (fixed, dynamic, differencing chain) to raw, fixed or dynamic"
+
+
+def add_arguments(parser):
+    parser.add_argument("source", metavar="SRC", help="input image, or - for stdin")
+    parser.add_argument("destination", metavar="DST", help="output file, or - for stdout")
+    parser.add_argument(
+        "-f",
+        "--format",
+        dest="src_format",
+        choices=("raw", "vhd"),
+        help="input format (default: detected from the footer; raw never probes)",
+    )
+    parser.add_argument(
+        "-O",
+        "--output-format",
+        dest="out_format",
+        choices=("raw", "fixed", "dynamic"),
+        help="output format (default: dynamic when DST ends in .vhd, else raw; fixed with --azure)",
+    )
+    parser.add_argument(
+        "--block-size",
+        type=size_argument,
+        metavar="SIZE",
+        help="block size of a dynamic output (default 2M)",
+    )
+    parser.add_argument("-p", "--progress", action="store_true", help="show progress on stderr")
+    parser.add_argument(
+        "--digest",
+        action="store_true",
+        help="print the SHA-256 of the virtual disk (equal to sha256sum of the raw image)",
+    )
+    parser.add_argument(
+        "--azure",
+        action="store_true",
+        help="a fixed VHD for Azure: size rounded up to a whole MiB, at most 32 TiB",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing DST")
+    parser.add_argument(
+        "--no-sync",
+        dest="fsync",
+        action="store_false",
+        help="do not fsync the output before renaming it into place (faster, not crash-safe)",
+    )
+    add_json_flag(parser)
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived: unwind so the temporary file is removed."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def run(args) -> int:
+    from ..convert import convert
+    from ..sizes import format_size
+
+    report = sys.stderr if args.destination == "-" else sys.stdout
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (embedded use)
+        previous = None
+    try:
+        result = convert(
+            args.source,
+            args.destination,
+            src_format=args.src_format,
+            out_format=args.out_format,
+            block_size=args.block_size,
+            azure=args.azure,
+            force=args.force,
+            digest=args.digest,
+            progress=args.progress,
+            fsync=args.fsync,
+        )
+    except _Terminated:
+        print("vhdcore convert: terminated; no destination was written", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if args.json:
+        if report is sys.stdout:
+            emit_json(result.to_dict())
+        else:
+            import json
+
+            json.dump(result.to_dict(), sys.stderr, indent=2)
+            sys.stderr.write("\n")
+        return 0
+    out = result.output_format
+    if result.block_size:
+        out += f", {format_size(result.block_size)} blocks"
+    source = (
+        f"{result.input_format}" if result.input_format == "raw" else f"vhd {result.input_type}"
+    )
+    allocated = (
+        f"; {result.blocks_allocated} blocks allocated"
+        if result.blocks_allocated is not None
+        else ""
+    )
+    lines = [
+        f"converted {result.source} ({source}) -> {result.destination} ({out})",
+        f"  virtual size {format_size(result.virtual_size)} ({result.virtual_size} bytes)",
+        (
+            f"  read {format_size(result.bytes_read)}, skipped "
+            f"{format_size(result.bytes_unread)} known to be zero without reading"
+        ),
+        (
+            f"  wrote {format_size(result.bytes_written)} of data; "
+            f"{format_size(result.bytes_zero)} left as zeros{allocated}"
+        ),
+        f"  {result.seconds:.2f} s, {format_size(int(result.throughput))}/s",
+    ]
+    if result.digest:
+        lines.append(f"sha256: {result.digest}")
+        if result.source_digest != result.digest:
+            lines.append(f"sha256 of the source before padding: {result.source_digest}")
+    for note in result.notes:
+        lines.append(f"note: {note}")
+    print("\n".join(lines), file=report)
+    return 0
