@@ -189,13 +189,9 @@ def test_readers_of_a_locked_image_work(chain, cli):
         holder.stop()
 
 
-@pytest.mark.xfail(reason="decision for the lead: readers take no lock, so convert (and "
-                          "commit, for its child) read an image another process is writing; "
-                          "a shared flock on sources would refuse it", strict=True)
 def test_convert_refuses_a_source_being_written(chain, cli):
-    """A conversion of an image another process is writing would copy a torn state."""
-    if not _available("convert"):
-        pytest.skip("the convert command has not landed")
+    """A conversion of an image another process is writing would copy a torn state:
+    conversions read their source under a shared lock, refused while a writer holds it."""
     holder = Holder(chain / "child.vhd")
     try:
         code, _out, err = cli("convert", chain / "child.vhd", chain / "out.raw")

@@ -90,7 +90,8 @@ def commit(
     """
     began = time.monotonic()
     child_path = os.fspath(child)
-    with open_image(child_path, "r", **open_options) as image:
+    # The child under a shared lock: no writer may change it while it is copied.
+    with open_image(child_path, "r", consistent=True, **open_options) as image:
         if image.type != "differencing":
             raise UnsupportedError(
                 f"{child_path}: is a {image.type} image, not a differencing one: "

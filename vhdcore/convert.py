@@ -320,6 +320,7 @@ def convert(
     fsync: bool = True,
     uuid=None,
     timestamp: Optional[int] = None,
+    open_options: Optional[dict] = None,
 ) -> ConversionResult:
     """Convert a disk image.
 
@@ -344,6 +345,9 @@ def convert(
             (turn off only when something else will sync it).
         uuid, timestamp: the output footer's identity (random and now by
             default), for reproducible outputs.
+        open_options: keyword arguments for :func:`vhdcore.open` of a VHD
+            source (its chain policy: ``allow_parent_dirs``,
+            ``allow_symlinks``, ``max_chain_depth``).
 
     Returns:
         A :class:`ConversionResult`.
@@ -366,7 +370,7 @@ def convert(
         block_size = None
     dst = os.fspath(dst) if dst != STDIO else STDIO
 
-    source, owned = as_source(src, src_format)
+    source, owned = as_source(src, src_format, open_options)
     try:
         notes.extend(source.notes)
         _check_destination(dst, source, force)

@@ -63,7 +63,7 @@ class Hasher:
         return self._hash.hexdigest()
 
 
-def digest(image, *, fmt: Optional[str] = None, progress=None) -> str:
+def digest(image, *, fmt: Optional[str] = None, progress=None, open_options=None) -> str:
     """The SHA-256 (hex) of the virtual disk contents of ``image``.
 
     Args:
@@ -72,18 +72,21 @@ def digest(image, *, fmt: Optional[str] = None, progress=None) -> str:
             a :class:`vhdcore.sources.Source`.
         fmt: ``"raw"`` or ``"vhd"`` to skip detection.
         progress: an optional :class:`vhdcore.progress.Progress`.
+        open_options: keyword arguments for :func:`vhdcore.open` of a VHD
+            (its chain policy).
 
     Raises:
         VHDError: the image cannot be read.
     """
-    return digest_report(image, fmt=fmt, progress=progress)["sha256"]
+    return digest_report(image, fmt=fmt, progress=progress, open_options=open_options)["sha256"]
 
 
-def digest_report(image, *, fmt: Optional[str] = None, progress=None) -> dict:
+def digest_report(image, *, fmt: Optional[str] = None, progress=None,
+                  open_options=None) -> dict:
     """:func:`digest` plus what was read: a dict for ``vhdcore digest --json``."""
     from .sources import Prefetch, as_source
 
-    source, owned = as_source(image, fmt)
+    source, owned = as_source(image, fmt, open_options)
     started = time.monotonic()
     try:
         hasher = Hasher()

@@ -913,6 +913,10 @@ class VHD:
             if self.parent is not None:
                 self.parent.close()
 
+    def fileno(self) -> int:
+        """The descriptor of this image's own file (not its parents'), for OS hints."""
+        return self._file.fd
+
     def rawio(self):
         """A file-like :class:`io.RawIOBase` view of the virtual disk."""
         from .rawio import VHDRawIO

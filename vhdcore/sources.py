@@ -170,8 +170,7 @@ def _member_fd(member) -> Optional[int]:
             return fileno()
         except (OSError, ValueError, AttributeError):
             return None
-    handle = getattr(member, "_file", None)  # until VHD offers fileno()
-    return getattr(handle, "fd", None)
+    return None
 
 
 def _file_runs(member, extent) -> List[Run]:
@@ -202,11 +201,16 @@ class VHDSource(Source):
 
     format = "vhd"
 
-    def __init__(self, path, display: Optional[str] = None, image=None):
+    def __init__(self, path, display: Optional[str] = None, image=None, open_options=None):
         from . import image as image_module
 
         self.owned = image is None
-        self.image = image if image is not None else image_module.open(path, "r")
+        if image is None:
+            # A shared lock: refused while a writer holds the image, and no
+            # writer can start until we are done, so we never copy a torn state.
+            options = {"consistent": True, **(open_options or {})}
+            image = image_module.open(path, "r", **options)
+        self.image = image
         self.name = display or os.fspath(self.image.path)
         self.kind = self.image.type
         self.virtual_size = self.image.virtual_size
@@ -523,6 +527,7 @@ def compare_images(
     first_format: Optional[str] = None,
     second_format: Optional[str] = None,
     progress=None,
+    open_options=None,
 ) -> dict:
     """Compare the virtual contents of two images of any formats.
 
@@ -539,9 +544,9 @@ def compare_images(
     Raises:
         VHDError: an image cannot be read (or is a pipe).
     """
-    source_a, owned_a = as_source(first, first_format)
+    source_a, owned_a = as_source(first, first_format, open_options)
     try:
-        source_b, owned_b = as_source(second, second_format)
+        source_b, owned_b = as_source(second, second_format, open_options)
         try:
             for source in (source_a, source_b):
                 if not source.seekable:
@@ -574,7 +579,7 @@ def compare_images(
             source_a.close()
 
 
-def allocation_map(image, fmt: Optional[str] = None) -> List[dict]:
+def allocation_map(image, fmt: Optional[str] = None, open_options=None) -> List[dict]:
     """The allocation map of an image, like ``qemu-img map``.
 
     Returns:
@@ -584,7 +589,7 @@ def allocation_map(image, fmt: Optional[str] = None) -> List[dict]:
         ``file`` (the file holding the run, ``None`` for zero). For a raw
         file, holes are ``zero`` and stored runs ``data``.
     """
-    source, owned = as_source(image, fmt)
+    source, owned = as_source(image, fmt, open_options)
     try:
         if isinstance(source, VHDSource):
             members = source.image.chain
@@ -640,13 +645,16 @@ def detect_format(file) -> str:
     return "raw"
 
 
-def open_source(path, fmt: Optional[str] = None) -> Source:
+def open_source(path, fmt: Optional[str] = None, open_options=None) -> Source:
     """Open ``path`` (``"-"`` for stdin) for reading as a raw or VHD disk.
 
     Args:
         path: a file, a block device, a VHD (any type), or ``"-"``.
         fmt: ``"raw"``, ``"vhd"`` or ``None`` to detect it from the footer.
             ``"raw"`` never looks at the footer.
+        open_options: keyword arguments for :func:`vhdcore.open` of a VHD
+            (the chain policy: ``allow_parent_dirs``, ``allow_symlinks``,
+            ``max_chain_depth``).
 
     Raises:
         VHDError: the file is not a usable image of the format, or a VHD is
@@ -672,11 +680,11 @@ def open_source(path, fmt: Optional[str] = None) -> Source:
         with open_image_file(path) as probe:
             fmt = detect_format(probe)
     if fmt == "vhd":
-        return VHDSource(path, display)
+        return VHDSource(path, display, open_options=open_options)
     return RawFileSource(path, display)
 
 
-def as_source(obj, fmt: Optional[str] = None) -> Tuple[Source, bool]:
+def as_source(obj, fmt: Optional[str] = None, open_options=None) -> Tuple[Source, bool]:
     """A :class:`Source` for a path, an open :class:`vhdcore.image.VHD` or a Source.
 
     Returns:
@@ -688,7 +696,7 @@ def as_source(obj, fmt: Optional[str] = None) -> Tuple[Source, bool]:
         return VHDSource(obj.path, image=obj), False
     if not isinstance(obj, (str, bytes, os.PathLike)):
         raise TypeError(f"expected a path, a VHD or a Source, not {type(obj).__name__}")
-    return open_source(obj, fmt), True
+    return open_source(obj, fmt, open_options), True
 
 
 __all__ = [

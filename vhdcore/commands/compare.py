@@ -9,7 +9,7 @@ report says so.
 
 from __future__ import annotations
 
-from ._common import add_json_flag, emit_json
+from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
 
 HELP = "compare the contents of two images of any formats (exit 0 equal, 1 different, 2 error)"
 ERROR_EXIT = 2
@@ -25,6 +25,7 @@ def add_arguments(parser):
         "-F", dest="second_format", choices=("raw", "vhd"), help="format of B (default: detected)"
     )
     parser.add_argument("-p", "--progress", action="store_true", help="show progress on stderr")
+    add_chain_flags(parser)
     add_json_flag(parser)
 
 
@@ -34,7 +35,8 @@ def run(args) -> int:
 
     meter = Progress(None, label="compare", enabled=args.progress)
     report = compare_images(
-        args.first, args.second, args.first_format, args.second_format, progress=meter
+        args.first, args.second, args.first_format, args.second_format, progress=meter,
+        open_options=chain_options(args),
     )
     if args.json:
         emit_json(report)

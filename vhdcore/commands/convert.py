@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from ._common import add_json_flag, emit_json, size_argument
+from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, size_argument
 
 HELP = "convert an image: raw or VHD (fixed, dynamic, differencing chain) to raw, fixed or dynamic"
 
@@ -40,6 +40,7 @@ def add_arguments(parser):
         help="block size of a dynamic output (default 2M)",
     )
     parser.add_argument("-p", "--progress", action="store_true", help="show progress on stderr")
+    add_chain_flags(parser)
     parser.add_argument(
         "--digest",
         action="store_true",
@@ -90,6 +91,7 @@ def run(args) -> int:
             digest=args.digest,
             progress=args.progress,
             fsync=args.fsync,
+            open_options=chain_options(args),
         )
     except _Terminated:
         print("vhdcore convert: terminated; no destination was written", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_json_flag, emit_json
+from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
 
 HELP = "SHA-256 of an image's virtual disk contents (the same for raw, fixed, dynamic, chains)"
 
@@ -17,6 +17,7 @@ def add_arguments(parser):
         help="image format (default: detected from the footer)",
     )
     parser.add_argument("-p", "--progress", action="store_true", help="show progress on stderr")
+    add_chain_flags(parser)
     add_json_flag(parser)
 
 
@@ -25,7 +26,7 @@ def run(args) -> int:
     from ..progress import Progress
     from ..sources import open_source
 
-    with open_source(args.image, args.src_format) as source:
+    with open_source(args.image, args.src_format, chain_options(args)) as source:
         meter = Progress(source.virtual_size, label="sha256", enabled=args.progress)
         report = digest_report(source, progress=meter)
     report["image"] = args.image

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import add_json_flag, emit_json
+from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
 
 HELP = "show where each part of the virtual disk is stored (data, zero, parent)"
 
@@ -17,12 +17,13 @@ def add_arguments(parser):
         help="image format (default: detected from the footer)",
     )
     add_json_flag(parser)
+    add_chain_flags(parser)
 
 
 def run(args) -> int:
     from ..sources import allocation_map
 
-    extents = allocation_map(args.image, args.src_format)
+    extents = allocation_map(args.image, args.src_format, chain_options(args))
     if args.json:
         emit_json(extents)
         return 0
