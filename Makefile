@@ -20,11 +20,11 @@ test-cython:
 test-reference:
 	VHDCORE_BACKEND=reference $(PYTHON) -m pytest
 
-# The kernel tests against a build with Cython's checks and C assertions on,
-# then the optimised build again (also when the tests fail).
+# The kernel and mutation tests against a build with Cython's checks and C
+# assertions on, then the optimised build again (also when the tests fail).
 test-debug:
 	VHDCORE_DEBUG_BUILD=1 $(PYTHON) setup.py -q build_ext --inplace --force
-	VHDCORE_BACKEND=cython $(PYTHON) -m pytest -q tests/test_kernels.py; status=$$?; \
+	VHDCORE_BACKEND=cython $(PYTHON) -m pytest -q tests/test_kernels.py tests/test_mutations.py; status=$$?; \
 	$(PYTHON) setup.py -q build_ext --inplace --force; exit $$status
 
 # bench_*.py are collected because pyproject.toml lists them in python_files;
