@@ -19,6 +19,19 @@ IN_CI = bool(os.environ.get("CI"))
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def unavailable(message: str) -> None:
+    """Skip a test whose tool or platform support is missing; in CI, fail it instead."""
+    if IN_CI:
+        pytest.fail(message + "; it is required in CI")
+    pytest.skip(message + "; skipped because this is not CI")
+
+
+@pytest.fixture(name="unavailable")
+def unavailable_fixture():
+    """:func:`unavailable` for test modules (which cannot import conftest)."""
+    return unavailable
+
+
 class Peers:
     """Access to the referee tools: qemu-img, qemu-io and vhdiinfo.
 
@@ -30,10 +43,7 @@ class Peers:
         path = shutil.which(name)
         if path:
             return path
-        message = f"peer tool {name!r} not installed (apt-get install qemu-utils libvhdi-utils)"
-        if IN_CI:
-            pytest.fail(message + "; it is required in CI")
-        pytest.skip(message + "; skipped because this is not CI")
+        unavailable(f"peer tool {name!r} not installed (apt-get install qemu-utils libvhdi-utils)")
 
     def run(self, *argv, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
         """Run a peer, capturing text output; fail the test on a non-zero exit if ``check``."""
@@ -87,5 +97,60 @@ def cli_process():
         if check and result.returncode != 0:
             pytest.fail(f"vhdcore {argv} exited {result.returncode}: {result.stderr!r}")
         return result
+
+    return run
+
+
+class Crash(BaseException):
+    """A simulated process crash (not an Exception, so nothing swallows it)."""
+
+
+@pytest.fixture
+def crasher(monkeypatch):
+    """``run(limit, fn, ...)``: run ``fn`` with the ``limit``-th pwrite/truncate crashing.
+
+    Returns ``(crashed, writes)``. Every file the run opened is closed
+    afterwards, as the death of a process would. fsync is a no-op: a process
+    crash loses nothing the kernel already has.
+    """
+    from vhdcore import fileio
+
+    state = {"limit": None, "count": 0, "files": []}
+
+    class CrashingFile(fileio.ImageFile):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            state["files"].append(self)
+
+        def _tick(self):
+            state["count"] += 1
+            if state["limit"] is not None and state["count"] >= state["limit"]:
+                raise Crash(state["count"])
+
+        def pwrite(self, offset, data):
+            self._tick()
+            super().pwrite(offset, data)
+
+        def truncate(self, size):
+            self._tick()
+            super().truncate(size)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(fileio, "FILE_FACTORY", CrashingFile)
+
+    def run(limit, fn, *args, **kwargs):
+        state.update(limit=limit, count=0, files=[])
+        crashed = False
+        try:
+            fn(*args, **kwargs)
+        except Crash:
+            crashed = True
+        finally:
+            for f in state["files"]:
+                f.close()
+            state["limit"] = None
+        return crashed, state["count"]
 
     return run

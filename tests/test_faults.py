@@ -5,8 +5,8 @@ operations (writes, flushes, truncates); then, for every N, it runs again
 and "dies" right after operation N. What is left must:
 
 * open (read-only and for writing) without repair,
-* pass the open-time validation and, where ``vhdcore.check`` exists, check
-  with no error (leaked space is allowed),
+* pass the open-time validation and check with no error (leaked space is
+  allowed),
 * read back every byte acknowledged by a completed ``flush()`` unchanged,
   and show each unacknowledged byte either old or new, never anything
   else. After a *process* crash (no power loss) the stronger property
@@ -27,7 +27,6 @@ three power-loss seeds per crash point) with
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import shutil
 import uuid as uuidlib
@@ -37,7 +36,8 @@ import numpy as np
 import pytest
 
 import vhdcore
-from vhdcore import faults
+from vhdcore import check, commit, compact, faults, repair, resize, samples
+from vhdcore.convert import convert
 from vhdcore.faults import SimulatedCrash
 from vhdcore.image import VHDWarning
 
@@ -47,13 +47,6 @@ STEPS = int(os.environ.get("VHDCORE_FAULT_STEPS", "14"))
 FULL = bool(os.environ.get("VHDCORE_FAULT_FULL"))
 SEEDS = 3 if FULL else 1
 FIXED_UUID = uuidlib.UUID("12345678-1234-5678-1234-567812345678")
-
-
-def _optional(name):
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
 
 
 # ---------------------------------------------------------------------------
@@ -153,10 +146,8 @@ def assert_consistent(path, size, *, allow_parent_dirs=()):
                     extent.file_offset, extent.length
                 )
         assert bytes(rebuilt) == data
-    check = _optional("vhdcore.check")
-    if check is not None:
-        report = check.check(path, allow_parent_dirs=allow_parent_dirs)
-        assert not report.errors, f"{path}: check found {report.errors}"
+    report = check.check(path, allow_parent_dirs=allow_parent_dirs)
+    assert not report.errors, f"{path}: check found {report.errors}"
     # Still usable for writing: the lock, footer and allocation point are sane.
     with vhdcore.open(path, "r+", allow_parent_dirs=allow_parent_dirs) as image:
         image.write(size - 512, b"\xa5" * 512)
@@ -264,10 +255,8 @@ def crash_and_verify(tmp_path, kind, steps, n, power_loss=None, tear=False, seed
     if outcome == "clean":
         assert_consistent(path, size)
     else:
-        repair = _optional("vhdcore.repair")
-        if repair is not None and hasattr(repair, "repair"):
-            repair.repair(path)
-            assert_consistent(path, size)
+        repair.repair(path)
+        assert_consistent(path, size)
     return outcome
 
 
@@ -424,11 +413,6 @@ def test_imagefile_finishes_short_writes(tmp_path, monkeypatch):
 def test_cli_reports_enospc_in_one_line(tmp_path, cli, monkeypatch):
     """A full disk during a command is one line on stderr, not a traceback."""
     src, _size, _ = snapshot(tmp_path, "dynamic")
-    convert = _optional("vhdcore.convert")
-    if convert is None or not os.path.exists(
-        os.path.join(os.path.dirname(vhdcore.__file__), "commands", "convert.py")
-    ):
-        pytest.skip("the convert command has not landed")
     with faults.inject(fail_at=2, fail="enospc", fail_count=10**6):
         code, _out, err = cli("convert", src, tmp_path / "out.raw")
     assert code != 0
@@ -452,15 +436,12 @@ def _converted_ok(dst, base, fmt):
 
 @pytest.mark.parametrize("fmt", ["raw", "fixed", "dynamic"])
 def test_conversion_crash_and_failure_leave_no_output(tmp_path, fmt):
-    convert = _optional("vhdcore.convert")
-    if convert is None:
-        pytest.skip("vhdcore.convert has not landed")
     src, _size, base = snapshot(tmp_path, "differencing")
     src_bytes = {p: p.read_bytes() for p in src.parent.iterdir()}
     dst = tmp_path / f"out.{fmt}"
 
     def run():
-        convert.convert(src, dst, out_format=fmt, block_size=64 * KiB if fmt == "dynamic" else None)
+        convert(src, dst, out_format=fmt, block_size=64 * KiB if fmt == "dynamic" else None)
 
     plan = faults.count(run)
     assert _converted_ok(dst, base, fmt)
@@ -527,9 +508,6 @@ def _every_crash(tmp_path, prepare, operation, verify, power_loss=None):
 
 @pytest.mark.parametrize("power_loss", [None, "all"])
 def test_commit_crash_at_every_operation(tmp_path, power_loss):
-    commit = _optional("vhdcore.commit")
-    if commit is None:
-        pytest.skip("vhdcore.commit has not landed")
     work = _chain_dir(tmp_path)
     child_bytes = (work / "child.vhd").read_bytes()
     old_parent = _content(work / "parent.vhd")
@@ -555,9 +533,6 @@ MISMATCH_WINDOWS = []
 @pytest.mark.parametrize("power_loss", [None, "all"])
 @pytest.mark.parametrize("new_size", [10 * MiB + 512, MiB // 2])
 def test_resize_crash_at_every_operation(tmp_path, new_size, power_loss):
-    resize = _optional("vhdcore.resize")
-    if resize is None:
-        pytest.skip("vhdcore.resize has not landed")
     work = _chain_dir(tmp_path)
     before = _content(work / "parent.vhd")
     keep = min(MiB, new_size)
@@ -570,16 +545,14 @@ def test_resize_crash_at_every_operation(tmp_path, new_size, power_loss):
             assert image.virtual_size in (MiB, new_size), f"op {n}: size {image.virtual_size}"
             size = image.virtual_size
             assert image.read(0, keep) == before[:keep], f"resize crash after op {n}"
-        check = _optional("vhdcore.check")
-        if check is not None:
-            report = check.check(work / "parent.vhd")
-            # VHD.store_footer writes the primary footer, then the copy at
-            # offset 0; a crash between the two leaves a copy with the old
-            # size, which check reports as a warning (footer.copy_stale) and
-            # repair (or a rerun of resize) brings up to date.
-            assert not report.errors, f"resize crash after op {n}: {report.errors}"
-            if any(p.code == "footer.copy_stale" for p in report.problems):
-                MISMATCH_WINDOWS.append(n)
+        report = check.check(work / "parent.vhd")
+        # VHD.store_footer writes the primary footer, then the copy at
+        # offset 0; a crash between the two leaves a copy with the old
+        # size, which check reports as a warning (footer.copy_stale) and
+        # repair (or a rerun of resize) brings up to date.
+        assert not report.errors, f"resize crash after op {n}: {report.errors}"
+        if any(p.code == "footer.copy_stale" for p in report.problems):
+            MISMATCH_WINDOWS.append(n)
         operation(work)
         with vhdcore.open(work / "parent.vhd") as image:
             assert image.virtual_size == new_size
@@ -593,10 +566,6 @@ def test_resize_crash_at_every_operation(tmp_path, new_size, power_loss):
 
 @pytest.mark.parametrize("power_loss", [None, "all"])
 def test_compact_crash_at_every_operation(tmp_path, power_loss):
-    compact = _optional("vhdcore.compact")
-    if compact is None:
-        pytest.skip("vhdcore.compact has not landed")
-
     def prepare(tmp_path):
         work = _chain_dir(tmp_path)
         with vhdcore.open(work / "parent.vhd", "r+") as image:
@@ -629,11 +598,6 @@ REPAIRABLE = ["footer_bad_checksum", "footer_copy_missing", "footer_missing_trun
 @pytest.mark.parametrize("name", REPAIRABLE)
 def test_repair_crash_at_every_operation(tmp_path, name):
     """After a crash inside repair, running repair again finishes the job."""
-    repair = _optional("vhdcore.repair")
-    samples = _optional("vhdcore.samples")
-    check = _optional("vhdcore.check")
-    if repair is None or samples is None or check is None:
-        pytest.skip("repair, samples or check has not landed")
     pristine = tmp_path / "pristine-repair"
     sample = samples.generate(name, pristine)
     force = sample.repair == "force"

@@ -66,11 +66,11 @@ def _run(argv, tmp_path):
     return result.stdout + result.stderr
 
 
-def test_atheris_seeded_run(corpus, tmp_path):
+def test_atheris_seeded_run(corpus, tmp_path, unavailable):
     try:
         import atheris  # noqa: F401
     except ImportError:
-        pytest.skip("atheris is not installed (pip install atheris); the mutation loop still runs")
+        unavailable("atheris is not installed (pip install atheris); the mutation loop still runs")
     out = _run([str(corpus), f"-atheris_runs={RUNS}", f"-seed={SEED}", "-max_len=65536",
                 "-timeout=30", "-rss_limit_mb=4096", f"-artifact_prefix={tmp_path}/"], tmp_path)
     assert f"Done {RUNS}" in out

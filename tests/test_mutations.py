@@ -31,7 +31,6 @@ grid (28 values per field) and more random examples run with, e.g.::
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import random
@@ -47,7 +46,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vhdcore
-from vhdcore import errors
+from vhdcore import check, errors, samples
+from vhdcore.convert import convert
 from vhdcore.footer import Footer
 from vhdcore.header import DynamicHeader
 from vhdcore.image import VHDWarning
@@ -163,11 +163,9 @@ def _build_bases(directory: Path):
         image.write(3 * KiB, rng.integers(1, 256, 6000, dtype=np.uint8).tobytes())
         image.write(60 * KiB + 512, rng.integers(1, 256, 512, dtype=np.uint8).tobytes())
     made.append(("differencing", directory / "child.vhd"))
-    samples = _module("vhdcore.samples")
-    if samples is not None:
-        for name in ("valid_blktap", "valid_differencing"):
-            sample = samples.generate(name, directory / name)
-            made.append((name, Path(sample.path)))
+    for name in ("valid_blktap", "valid_differencing"):
+        sample = samples.generate(name, directory / name)
+        made.append((name, Path(sample.path)))
     for name, path in made:
         raw = path.read_bytes()
         with vhdcore.open(path) as image:
@@ -350,28 +348,16 @@ def _open_and_read(path, base, neutral, label):
     return "read", data
 
 
-def _module(name):
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
 def _check_and_convert(path, outcome, data, label):
-    check_module = _module("vhdcore.check")
-    if check_module is not None:
-        report = check_module.check(path)
-        json.dumps(report.to_dict())
-        if report.clean and outcome == "refused":
-            DISAGREE.append(label)
+    report = check.check(path)
+    json.dumps(report.to_dict())
+    if report.clean and outcome == "refused":
+        DISAGREE.append(label)
     if data is None:
-        return
-    convert_module = _module("vhdcore.convert")
-    if convert_module is None:
         return
     out = path.with_suffix(".raw")
     try:
-        convert_module.convert(path, out, out_format="raw", force=True, fsync=False)
+        convert(path, out, out_format="raw", force=True, fsync=False)
     except errors.VHDError:
         return
     try:

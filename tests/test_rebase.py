@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import vhdcore
-from vhdcore import errors, fileio
+from vhdcore import errors
 from vhdcore.check import check
 from vhdcore.chain import locator_payloads
 from vhdcore.extent import DATA
@@ -183,54 +183,6 @@ def assert_checks_clean(path, allowed=(), deep=True):
     bad = [p for p in report.problems
            if p.severity == "error" and p.code not in allowed]
     assert not bad, [p.message for p in bad]
-
-
-class Crash(BaseException):
-    """A simulated process crash."""
-
-
-@pytest.fixture
-def crasher(monkeypatch):
-    """``run(limit, fn, ...)`` with the ``limit``-th pwrite/truncate crashing; see test_commit."""
-    state = {"limit": None, "count": 0, "files": []}
-
-    class CrashingFile(fileio.ImageFile):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            state["files"].append(self)
-
-        def _tick(self):
-            state["count"] += 1
-            if state["limit"] is not None and state["count"] >= state["limit"]:
-                raise Crash(state["count"])
-
-        def pwrite(self, offset, data):
-            self._tick()
-            super().pwrite(offset, data)
-
-        def truncate(self, size):
-            self._tick()
-            super().truncate(size)
-
-        def flush(self):
-            pass
-
-    monkeypatch.setattr(fileio, "FILE_FACTORY", CrashingFile)
-
-    def run(limit, fn, *args, **kwargs):
-        state.update(limit=limit, count=0, files=[])
-        crashed = False
-        try:
-            fn(*args, **kwargs)
-        except Crash:
-            crashed = True
-        finally:
-            for f in state["files"]:
-                f.close()
-            state["limit"] = None
-        return crashed, state["count"]
-
-    return run
 
 
 def test_crash_at_every_write(tmp_path, rng, crasher):

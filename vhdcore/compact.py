@@ -38,6 +38,7 @@ import numpy as np
 
 from ._backend import kernels
 from .constants import BAT_UNUSED, FOOTER_SIZE, SECTOR_SIZE
+from .create import _link_into_place
 from .errors import UnsupportedError
 from .extent import ZERO
 from .fileio import open_image_file
@@ -302,16 +303,7 @@ def _write_compacted(image, keep, drops, output, overwrite) -> int:
             out.flush()
         finally:
             out.close()
-        if overwrite:
-            os.replace(temp, output)
-        else:
-            os.link(temp, output)  # fails, atomically, if output appeared meanwhile
-            os.unlink(temp)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _link_into_place(temp, output, directory, overwrite)
     except BaseException:
         if os.path.exists(temp):
             os.unlink(temp)

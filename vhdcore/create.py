@@ -252,17 +252,26 @@ def _write_new_file(path, pieces, overwrite):
         finally:
             os.close(fd)
         os.chmod(temp, 0o644)
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            os.link(temp, path)  # fails, atomically, if path appeared meanwhile
-            os.unlink(temp)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _link_into_place(temp, path, directory, overwrite)
     except BaseException:
         if os.path.exists(temp):
             os.unlink(temp)
         raise
+
+
+def _link_into_place(temp, path, directory, overwrite) -> None:
+    """Put the finished, fsynced ``temp`` at ``path``, then fsync ``directory``.
+
+    Replaces ``path`` only if ``overwrite``; otherwise the link fails,
+    atomically, if ``path`` appeared meanwhile. Compact shares this step.
+    """
+    if overwrite:
+        os.replace(temp, path)
+    else:
+        os.link(temp, path)  # fails, atomically, if path appeared meanwhile
+        os.unlink(temp)
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
