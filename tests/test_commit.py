@@ -9,24 +9,19 @@ import pytest
 
 import vhdcore
 from vhdcore import errors
-from vhdcore.check import check
 from vhdcore.commit import commit
 from vhdcore.snapshot import snapshot
+
+from helpers import assert_checks_clean
+from helpers import random_writes as _random_writes
 
 MiB = 1024 * 1024
 
 
 def random_writes(image, model, rng, count, max_len=200_000, zero_fraction=0.2):
-    size = len(model)
-    for _ in range(count):
-        length = int(rng.integers(1, max_len))
-        offset = int(rng.integers(0, size - length))
-        if rng.random() < zero_fraction:
-            data = bytes(length)
-        else:
-            data = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
-        image.write(offset, data)
-        model[offset : offset + length] = data
+    _random_writes(image, model, rng, count, max_len=max_len, zero_fraction=zero_fraction)
+
+
 
 
 def qemu_compare(peers, image, model, tmp_path):
@@ -37,17 +32,6 @@ def qemu_compare(peers, image, model, tmp_path):
     peers.run("vhdiinfo", image)
 
 
-def assert_checks_clean(path, allowed=(), deep=True):
-    """``vhdcore check`` finds nothing worse than leaked space (plus ``allowed`` codes).
-
-    Right after a crash, ``deep=False``: a dynamic block whose data was
-    written but whose bitmap bits were not yet set reads correctly (readers
-    ignore dynamic bitmaps) but ``check --deep`` calls it an error.
-    """
-    report = check(path, deep=deep)
-    bad = [p for p in report.problems
-           if p.severity == "error" and p.code not in allowed]
-    assert not bad, [p.message for p in bad]
 
 
 def make_pair(tmp_path, rng, *, parent_type="dynamic", size=6 * MiB, parent_block=MiB,

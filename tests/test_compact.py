@@ -12,17 +12,16 @@ from vhdcore import errors
 from vhdcore.check import check
 from vhdcore.compact import compact
 
+from helpers import assert_checks_clean
+from helpers import random_writes as _random_writes
+
 MiB = 1024 * 1024
 
 
-def random_writes(image, model, rng, count, max_len=150_000):
-    size = len(model)
-    for _ in range(count):
-        length = int(rng.integers(1, max_len))
-        offset = int(rng.integers(0, size - length))
-        data = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
-        image.write(offset, data)
-        model[offset : offset + length] = data
+def random_writes(image, model, rng, count, max_len=150_000, zero_fraction=0):
+    _random_writes(image, model, rng, count, max_len=max_len, zero_fraction=zero_fraction)
+
+
 
 
 def zero_some_blocks(image, model, rng, fraction=0.5):
@@ -48,17 +47,6 @@ def nonzero_blocks(model, block):
     return sum(1 for i in range(0, len(model), block) if any(model[i : i + block]))
 
 
-def assert_checks_clean(path, allowed=(), deep=True):
-    """``vhdcore check`` finds nothing worse than leaked space (plus ``allowed`` codes).
-
-    Right after a crash, ``deep=False``: a dynamic block whose data was
-    written but whose bitmap bits were not yet set reads correctly (readers
-    ignore dynamic bitmaps) but ``check --deep`` calls it an error.
-    """
-    report = check(path, deep=deep)
-    bad = [p for p in report.problems
-           if p.severity == "error" and p.code not in allowed]
-    assert not bad, [p.message for p in bad]
 
 
 @pytest.mark.parametrize("block_size", [512 * 1024, MiB, 2 * MiB])

@@ -6,28 +6,19 @@ import io
 import os
 import shutil
 
-import numpy as np
 import pytest
 
 import vhdcore
 from vhdcore import errors
 from vhdcore.extent import Extent
 
+from helpers import random_writes as _random_writes
+
 MiB = 1024 * 1024
 
 
 def random_writes(image, model, rng, count, max_len=300_000, zero_fraction=0.2):
-    """Apply ``count`` random writes (some all-zero, some unaligned) to image and model."""
-    size = len(model)
-    for _ in range(count):
-        length = int(rng.integers(1, max_len))
-        offset = int(rng.integers(0, size - length))
-        if rng.random() < zero_fraction:
-            data = bytes(length)
-        else:
-            data = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
-        assert image.write(offset, data) == length
-        model[offset : offset + length] = data
+    _random_writes(image, model, rng, count, max_len=max_len, zero_fraction=zero_fraction)
 
 
 def assert_reads_like(image, model, rng, reads=60):

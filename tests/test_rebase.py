@@ -5,31 +5,25 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 import vhdcore
 from vhdcore import errors
-from vhdcore.check import check
 from vhdcore.chain import locator_payloads
 from vhdcore.extent import DATA
 from vhdcore.locators import decode_locator
 from vhdcore.rebase import rebase
 
+from helpers import assert_checks_clean
+from helpers import random_writes as _random_writes
+
 MiB = 1024 * 1024
 
 
 def random_writes(image, model, rng, count, max_len=150_000, zero_fraction=0.25):
-    size = len(model)
-    for _ in range(count):
-        length = int(rng.integers(1, max_len))
-        offset = int(rng.integers(0, size - length))
-        if rng.random() < zero_fraction:
-            data = bytes(length)
-        else:
-            data = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
-        image.write(offset, data)
-        model[offset : offset + length] = data
+    _random_writes(image, model, rng, count, max_len=max_len, zero_fraction=zero_fraction)
+
+
 
 
 def chain(tmp_path, rng, size=4 * MiB, block=512 * 1024):
@@ -172,17 +166,6 @@ def test_refusals(tmp_path, rng, cli):
     assert code == 0 and "unsafe" in out, err
 
 
-def assert_checks_clean(path, allowed=(), deep=True):
-    """``vhdcore check`` finds nothing worse than leaked space (plus ``allowed`` codes).
-
-    Right after a crash, ``deep=False``: a dynamic block whose data was
-    written but whose bitmap bits were not yet set reads correctly (readers
-    ignore dynamic bitmaps) but ``check --deep`` calls it an error.
-    """
-    report = check(path, deep=deep)
-    bad = [p for p in report.problems
-           if p.severity == "error" and p.code not in allowed]
-    assert not bad, [p.message for p in bad]
 
 
 def test_crash_at_every_write(tmp_path, rng, crasher):

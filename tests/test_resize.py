@@ -9,23 +9,18 @@ import pytest
 
 import vhdcore
 from vhdcore import errors
-from vhdcore.check import check
 from vhdcore.resize import resize
+
+from helpers import assert_checks_clean
+from helpers import random_writes as _random_writes
 
 MiB = 1024 * 1024
 
 
 def random_writes(image, model, rng, count, max_len=150_000, zero_fraction=0.15):
-    size = len(model)
-    for _ in range(count):
-        length = int(rng.integers(1, min(max_len, size)))
-        offset = int(rng.integers(0, size - length + 1))
-        if rng.random() < zero_fraction:
-            data = bytes(length)
-        else:
-            data = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
-        image.write(offset, data)
-        model[offset : offset + length] = data
+    _random_writes(image, model, rng, count, max_len=max_len, zero_fraction=zero_fraction)
+
+
 
 
 def check_peers(peers, image, model, tmp_path):
@@ -47,17 +42,6 @@ def footers_agree(path):
     return raw[:512] == raw[-512:]
 
 
-def assert_checks_clean(path, allowed=(), deep=True):
-    """``vhdcore check`` finds nothing worse than leaked space (plus ``allowed`` codes).
-
-    Right after a crash, ``deep=False``: a dynamic block whose data was
-    written but whose bitmap bits were not yet set reads correctly (readers
-    ignore dynamic bitmaps) but ``check --deep`` calls it an error.
-    """
-    report = check(path, deep=deep)
-    bad = [p for p in report.problems
-           if p.severity == "error" and p.code not in allowed]
-    assert not bad, [p.message for p in bad]
 
 
 @pytest.mark.parametrize(
