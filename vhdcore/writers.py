@@ -35,6 +35,8 @@ the layout the file writer would have produced.
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Iterable, List, Optional
 
 import numpy as np
@@ -54,7 +56,7 @@ from .constants import (
 from .errors import ConversionError, LimitError
 from .footer import Footer
 from .header import DynamicHeader
-from .rawimage import Preallocator, WriteBehind
+from .rawimage import Preallocator, WriteBehind, fd_of
 
 #: Smallest aligned all-zero stretch left as a hole in raw and fixed output.
 SPARSE_GRANULARITY = 4096
@@ -137,6 +139,46 @@ class Writer:
     def data(self, offset: int, view) -> int:
         """Store a piece of the disk; returns the bytes stored as data."""
         raise NotImplementedError
+
+    #: Whether :meth:`copy` may be used (set by writers that need no look
+    #: at the bytes beyond "data or not", on a plain file).
+    can_copy = False
+
+    def copy(self, offset: int, length: int, fd: int, file_offset: int) -> int:
+        """Store a piece known to hold data, copied from ``fd`` at ``file_offset``."""
+        raise NotImplementedError
+
+    def _copy_in(self, position: int, length: int, fd: int, file_offset: int) -> None:
+        """Copy ``length`` bytes of ``fd`` into the output at ``position``, file to file."""
+        out = fd_of(self.out)
+        done = 0
+        while done < length:
+            if Writer._copy_works:
+                try:
+                    got = os.copy_file_range(
+                        fd, out, length - done, file_offset + done, position + done
+                    )
+                except OSError as exc:
+                    if exc.errno not in (
+                        errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF
+                    ):
+                        raise
+                    Writer._copy_works = False
+                    continue
+            else:
+                data = os.pread(fd, min(length - done, 4 << 20), file_offset + done)
+                got = len(data)
+                if got:
+                    self.out.pwrite(position + done, data)
+            if got == 0:
+                raise ConversionError(
+                    f"the source ended early: {length - done} bytes missing at file offset "
+                    f"{file_offset + done} (was it truncated during the conversion?)"
+                )
+            done += got
+        self.behind.wrote(position, length)
+
+    _copy_works = hasattr(os, "copy_file_range")
 
     def finish(self, virtual_size: int) -> int:
         """Write the trailing structures; returns the output's length in bytes."""
@@ -297,9 +339,26 @@ class DynamicWriter(Writer):
             self.out.pwrite(int(self.bat[planned]) * SECTOR_SIZE, self.bitmap)
             self._bitmaps_done += 1
 
+    @property
+    def can_copy(self) -> bool:
+        return self.plan is None and fd_of(self.out) is not None
+
     def data(self, offset, view):
         if kernels.is_zero(view):
             return 0
+        start = self._block_start(offset)
+        self._put(start, view)
+        self.bytes_written += len(view)
+        return len(view)
+
+    def copy(self, offset, length, fd, file_offset):
+        start = self._block_start(offset)
+        self._copy_in(start, length, fd, file_offset)
+        self.bytes_written += length
+        return length
+
+    def _block_start(self, offset: int) -> int:
+        """Where the data of disk ``offset`` goes (allocating its block if need be)."""
         block = offset // self.block_size
         entry = int(self.bat[block]) if block < self.capacity else BAT_UNUSED
         if self.plan is not None:
@@ -323,9 +382,7 @@ class DynamicWriter(Writer):
         else:
             start = entry * SECTOR_SIZE
         within = offset - block * self.block_size
-        self._put(start + len(self.bitmap) + within, view)
-        self.bytes_written += len(view)
-        return len(view)
+        return start + len(self.bitmap) + within
 
     def _footer(self, virtual_size: int) -> Footer:
         return Footer.new(
