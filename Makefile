@@ -7,7 +7,9 @@ PIP ?= $(PYTHON) -m pip
 install:
 	$(PIP) install -e ".[test,bench]"
 
-demo: install
+# The demo needs only the package itself (numpy), not the test tools.
+demo:
+	$(PIP) install -e .
 	$(PYTHON) -m vhdcore demo
 
 # Full suite under both kernel backends, the kernel tests against a
