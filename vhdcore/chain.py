@@ -105,7 +105,8 @@ def _first_symlink(root: str, path: str) -> Optional[str]:
     return None
 
 
-def _identity(path):
+def file_identity(path):
+    """``(device, inode)`` of ``path``: the same file under any name."""
     st = os.stat(path)
     return (st.st_dev, st.st_ino)
 
@@ -127,6 +128,30 @@ def locator_payloads(child):
 
 def _label(code: bytes) -> str:
     return code.decode("latin-1", "replace").strip() or "name"
+
+
+def screen_candidates(candidates, policy: ParentPolicy, tried: list, refused: list):
+    """Yield, lazily and in order, the ``(code, path)`` candidates worth opening.
+
+    A candidate is worth opening when it exists, the policy allows it and it
+    is a regular file. The others are noted for the caller's error message:
+    missing ones and non-files in ``tried``, refused ones (with why) in
+    ``refused``. Lazy, so a caller that stops at the first usable parent
+    never looks at the rest.
+    """
+    for code, path in candidates:
+        path = os.fspath(path)
+        if not os.path.lexists(path):
+            tried.append(f"{_label(code)}={path}")
+            continue
+        reason = policy.refusal(path)
+        if reason is not None:
+            refused.append(reason)
+            continue
+        if not os.path.isfile(path):
+            tried.append(f"{_label(code)}={path} (not a regular file)")
+            continue
+        yield code, path
 
 
 def open_parent(child, policy: ParentPolicy, *, depth=0, seen=None):
@@ -151,7 +176,7 @@ def open_parent(child, policy: ParentPolicy, *, depth=0, seen=None):
             f"{policy.max_depth} images"
         )
     seen = set(seen or ())
-    seen.add(_identity(child.path))
+    seen.add(file_identity(child.path))
     header = child.header
     payloads = locator_payloads(child)
     if policy.resolver is not None:
@@ -159,19 +184,8 @@ def open_parent(child, policy: ParentPolicy, *, depth=0, seen=None):
     else:
         candidates = candidate_paths(child.path, header, payloads)
     tried, refused = [], []
-    for code, path in candidates:
-        path = os.fspath(path)
-        if not os.path.lexists(path):
-            tried.append(f"{_label(code)}={path}")
-            continue
-        reason = policy.refusal(path)
-        if reason is not None:
-            refused.append(reason)
-            continue
-        if not os.path.isfile(path):
-            tried.append(f"{_label(code)}={path} (not a regular file)")
-            continue
-        if _identity(path) in seen:
+    for _code, path in screen_candidates(candidates, policy, tried, refused):
+        if file_identity(path) in seen:
             raise ChainLoopError(
                 f"{child.path}: parent {path} is already part of this chain (a loop)"
             )

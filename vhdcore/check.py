@@ -41,7 +41,7 @@ import numpy as np
 from . import bat as batmod
 from ._backend import kernels
 from .batmap import expects_batmap, find_batmap
-from .chain import MAX_LOCATOR_BYTES, ParentPolicy
+from .chain import MAX_LOCATOR_BYTES, ParentPolicy, file_identity, screen_candidates
 from .constants import (
     BAT_UNUSED,
     DISK_DIFFERENCING,
@@ -414,11 +414,6 @@ def check(
     )
 
 
-def _identity(path) -> Tuple[int, int]:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino)
-
-
 def _check_member(path, *, parents, deep, policy, now, depth, seen) -> CheckReport:
     with open_image_file(path) as image_file:
         checker = _Checker(path, image_file, now=now, deep=deep)
@@ -427,7 +422,7 @@ def _check_member(path, *, parents, deep, policy, now, depth, seen) -> CheckRepo
         if report.type == "differencing" and report.header is not None and not report.stopped:
             parent_path = checker.check_parent(policy, depth, seen)
     if parents and parent_path is not None:
-        own = seen + (_identity(path),)
+        own = seen + (file_identity(path),)
         try:
             parent = _check_member(
                 parent_path, parents=True, deep=deep, policy=policy, now=now,
@@ -1428,21 +1423,9 @@ class _Checker:
                 )
         candidates = candidate_paths(self.path, header, payloads)
         tried, refused = [], []
-        own = set(seen) | {_identity(self.path)}
-        for code, candidate in candidates:
-            candidate = os.fspath(candidate)
-            label = code.decode("latin-1", "replace").strip() or "name"
-            if not os.path.lexists(candidate):
-                tried.append(f"{label}={candidate}")
-                continue
-            reason = policy.refusal(candidate)
-            if reason is not None:
-                refused.append(reason)
-                continue
-            if not os.path.isfile(candidate):
-                tried.append(f"{label}={candidate} (not a regular file)")
-                continue
-            if _identity(candidate) in own:
+        own = set(seen) | {file_identity(self.path)}
+        for _code, candidate in screen_candidates(candidates, policy, tried, refused):
+            if file_identity(candidate) in own:
                 self.add(
                     "chain.loop",
                     f"parent {candidate} is already part of this chain (a loop)",
