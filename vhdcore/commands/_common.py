@@ -17,6 +17,12 @@ def size_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_format_flag(parser: argparse.ArgumentParser,
+                    help: str = "image format (default: detected from the footer)") -> None:
+    """Add ``-f/--format raw|vhd`` (stored as ``src_format``) for commands that read any image."""
+    parser.add_argument("-f", "--format", dest="src_format", choices=("raw", "vhd"), help=help)
+
+
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     """Add the ``--json`` flag every reporting command carries."""
     parser.add_argument(

@@ -11,7 +11,14 @@ from __future__ import annotations
 import signal
 import sys
 
-from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, size_argument
+from ._common import (
+    add_chain_flags,
+    add_format_flag,
+    add_json_flag,
+    chain_options,
+    emit_json,
+    size_argument,
+)
 
 HELP = "convert an image: raw or VHD (fixed, dynamic, differencing chain) to raw, fixed or dynamic"
 
@@ -19,13 +26,7 @@ HELP = "convert an image: raw or VHD (fixed, dynamic, differencing chain) to raw
 def add_arguments(parser):
     parser.add_argument("source", metavar="SRC", help="input image, or - for stdin")
     parser.add_argument("destination", metavar="DST", help="output file, or - for stdout")
-    parser.add_argument(
-        "-f",
-        "--format",
-        dest="src_format",
-        choices=("raw", "vhd"),
-        help="input format (default: detected from the footer; raw never probes)",
-    )
+    add_format_flag(parser, "input format (default: detected from the footer; raw never probes)")
     parser.add_argument(
         "-O",
         "--output-format",

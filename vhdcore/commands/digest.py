@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
+from ._common import add_chain_flags, add_format_flag, add_json_flag, chain_options, emit_json
 
 HELP = "SHA-256 of an image's virtual disk contents (the same for raw, fixed, dynamic, chains)"
 
 
 def add_arguments(parser):
     parser.add_argument("image", help="a raw or VHD image, or - for stdin")
-    parser.add_argument(
-        "-f",
-        "--format",
-        dest="src_format",
-        choices=("raw", "vhd"),
-        help="image format (default: detected from the footer)",
-    )
+    add_format_flag(parser)
     parser.add_argument("-p", "--progress", action="store_true", help="show progress on stderr")
     add_chain_flags(parser)
     add_json_flag(parser)
