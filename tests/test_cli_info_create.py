@@ -93,3 +93,35 @@ def test_python_m_and_script_entry(tmp_path, cli_process):
     assert json.loads(result.stdout)["virtual_size"] == 4 * MiB
     with vhdcore.open(path) as image:
         assert image.virtual_size == 4 * MiB
+
+
+def test_a_command_imports_only_its_own_module(tmp_path):
+    """Start-up: ``vhdcore info`` does not import the other commands' modules."""
+    import subprocess
+    import sys
+
+    image = tmp_path / "d.vhd"
+    vhdcore.create(image, 1 << 20).close()
+    code = (
+        "import sys\n"
+        "from vhdcore import cli\n"
+        f"status = cli.main(['info', {str(image)!r}, '--json'])\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('vhdcore.commands.'))\n"
+        "print(loaded, file=sys.stderr)\n"
+        "sys.exit(status)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["virtual_size"] == 1 << 20
+    loaded = done.stderr.strip().splitlines()[-1]
+    assert loaded == "['vhdcore.commands._common', 'vhdcore.commands.info']"
+
+
+def test_help_still_lists_every_command(cli_process):
+    from vhdcore.cli import command_names
+
+    result = cli_process("--help")
+    assert result.returncode == 0
+    for name in command_names():
+        assert f"    {name} " in result.stdout.decode()
+    assert len(command_names()) >= 14

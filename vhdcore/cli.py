@@ -8,6 +8,11 @@ convention says otherwise, e.g. ``compare`` uses 2 as ``qemu-img`` does).
 
 A :class:`~vhdcore.errors.VHDError` or ``OSError`` becomes one line on
 stderr naming the command and the problem, never a traceback.
+
+Start-up matters (a conversion of an empty image is over in a few
+milliseconds): when the first argument names a command, only that
+command's module is imported and given a parser; the full table is built
+only for ``--help``, ``--version`` and mistakes.
 """
 
 from __future__ import annotations
@@ -26,21 +31,25 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _command_modules():
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
-            yield info.name, importlib.import_module(f"{commands.__name__}.{info.name}")
+def command_names() -> list[str]:
+    """The subcommands, sorted: the public modules of :mod:`vhdcore.commands`."""
+    return sorted(
+        info.name
+        for info in pkgutil.iter_modules(commands.__path__)
+        if not info.name.startswith("_")
+    )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, with one subparser per command module."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser: every command, or only the command ``only``."""
     parser = argparse.ArgumentParser(
         prog="vhdcore",
         description="Inspect, create, convert, check and repair VHD disk images.",
     )
     parser.add_argument("--version", action="version", version=f"vhdcore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in _command_modules():
+    for name in [only] if only else command_names():
+        module = importlib.import_module(f"{commands.__name__}.{name}")
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(command)
         command.set_defaults(_module=module)
@@ -49,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    only = argv[0] if argv and argv[0] in command_names() else None
+    args = build_parser(only).parse_args(argv)
     module = args._module
     error_exit = getattr(module, "ERROR_EXIT", EXIT_ERROR)
     try:
