@@ -125,3 +125,23 @@ def test_help_still_lists_every_command(cli_process):
     for name in command_names():
         assert f"    {name} " in result.stdout.decode()
     assert len(command_names()) >= 14
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """``vhdcore convert IMG - | head -c 1``: exit 141 as after SIGPIPE, nothing on stderr."""
+    import subprocess
+    import sys
+
+    raw = tmp_path / "d.raw"
+    raw.write_bytes(b"\x01" * (4 << 20))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vhdcore", "convert", str(raw), "-", "-O", "raw"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    with process.stdout, process.stderr:
+        assert process.stdout.read(1) == b"\x01"
+        process.stdout.close()
+        stderr = process.stderr.read()
+    assert process.wait() == 141
+    assert stderr == b""

@@ -87,6 +87,8 @@ def _same(a, b) -> bool:
             and a.shape == b.shape
             and bool(np.array_equal(a, b))
         )
+    if isinstance(a, array.array):
+        return type(b) is array.array and a.typecode == b.typecode and a == b
     if isinstance(a, (tuple, list)):
         return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
     return type(a) is type(b) and a == b
@@ -291,6 +293,21 @@ def test_zero_chunks_edges(kernels):
     assert kernels.zero_chunks(b"\x00\x01\x00", 1).tolist() == [True, False, True]
 
 
+def test_zero_chunks_into_a_caller_buffer(kernels):
+    """With ``out`` the flags land in the caller's bytes (1 = all zero); no numpy array."""
+    data = bytearray(1300)
+    data[600] = 1
+    out = bytearray(b"\x07" * 5)
+    flags = kernels.zero_chunks(data, 512, out=out)
+    assert type(flags) is memoryview and flags.tolist() == [1, 0, 1]
+    assert out == b"\x01\x00\x01\x07\x07"  # bytes past the flags untouched
+    assert kernels.zero_chunks(b"", 512, out=bytearray()).tolist() == []
+    with pytest.raises(ValueError, match="3 flags"):
+        kernels.zero_chunks(data, 512, out=bytearray(2))
+    with pytest.raises(ValueError, match="writable"):
+        kernels.zero_chunks(data, 512, out=bytes(3))
+
+
 def test_bitmap_single_bits_at_byte_edges(kernels):
     bitmap = b"\x01\x80"  # bits 7 and 8: either side of the byte boundary
     assert kernels.bitmap_count(bitmap, 7, 1) == 1
@@ -395,11 +412,11 @@ def test_bat_scan_examples(kernels):
     assert end == 40 * 512 + span
     # Spans are 9 sectors. 7 starts before the data area and runs into 1;
     # 1 and 3 tie; 4 starts exactly where they end (touching is fine).
-    assert bad.dtype == np.int64 and bad.tolist() == [1, 3, 7]
+    assert bad.typecode == "q" and bad.tolist() == [1, 3, 7]
     count, end, bad = kernels.bat_scan(bat, 4096, 512, 0, 44 * 512)
     assert 5 in bad.tolist()  # 40*512 + span ends past data_end
     empty = kernels.bat_scan(np.full(4, UNUSED, np.uint32), 512, 0, 0, 0)
-    assert empty[:2] == (0, 0) and empty[2].dtype == np.int64 and empty[2].size == 0
+    assert empty[:2] == (0, 0) and empty[2].typecode == "q" and len(empty[2]) == 0
     assert type(kernels.bat_scan(bat, 2**70, 0, 0, 2**80)[1]) is int
 
 
@@ -430,6 +447,12 @@ HOSTILE = [
     ("zero_chunks", lambda: (b"", -(2**64)), ValueError),
     ("zero_chunks", lambda: (b"ab", None), TypeError),
     ("zero_chunks", lambda: (None, 1), TypeError),
+    ("zero_chunks", lambda: (b"ab", 1, bytearray(1)), ValueError),
+    ("zero_chunks", lambda: (b"ab", 1, b"xx"), ValueError),
+    ("zero_chunks", lambda: (b"ab", 1, memoryview(bytearray(2)).toreadonly()), ValueError),
+    ("zero_chunks", lambda: (b"ab", 1, 5), TypeError),
+    ("zero_chunks", lambda: (b"ab", 1, np.zeros(4, np.uint8)[::2]), ValueError),
+    ("zero_chunks", lambda: (b"ab", 0, bytearray(4)), ValueError),
     ("bitmap_count", lambda: (b"\xff", 0, 9), ValueError),
     ("bitmap_count", lambda: (b"\xff", 9, 0), ValueError),
     ("bitmap_count", lambda: (b"\xff", -1, 1), ValueError),
@@ -557,6 +580,9 @@ def test_diff_byte_kernels(compiled, data, view, st_data):
     assert_twins_agree(compiled, "is_zero", lambda: (make(data),))
     assert_twins_agree(compiled, "find_nonzero", lambda: (make(data), offset))
     assert_twins_agree(compiled, "zero_chunks", lambda: (make(data), chunk))
+    assert_twins_agree(
+        compiled, "zero_chunks", lambda: (make(data), chunk, bytearray(len(data) + 1))
+    )
 
 
 @DIFF

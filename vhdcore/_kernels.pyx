@@ -32,7 +32,13 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-import numpy as np
+from cpython cimport array
+
+import array as _array_module
+
+#: numpy is imported inside the kernels that return numpy arrays, when first
+#: called (see _reference): opening and converting never need it.
+cdef array.array _INT64_TEMPLATE = _array_module.array("q")
 
 from . import _reference
 
@@ -608,7 +614,7 @@ def find_nonzero(buf, start=0):
         PyBuffer_Release(&view)
 
 
-def zero_chunks(buf, chunk_size):
+def zero_chunks(buf, chunk_size, out=None):
     """Compiled twin of `_reference.zero_chunks`."""
     cdef Py_buffer view, out_view
     _acquire_bytes(buf, &view, "buf")
@@ -623,6 +629,24 @@ def zero_chunks(buf, chunk_size):
         if size > n:
             size = max(n, 1)   # one chunk, however large it was asked to be
         count = n // size + (1 if n % size else 0)
+        if out is not None:
+            _acquire_bytes(out, &out_view, "out")
+            try:
+                if out_view.readonly:
+                    raise ValueError("out must be a writable buffer")
+                if out_view.len < count:
+                    raise ValueError(
+                        f"out holds {out_view.len} bytes; {count} flags need as many"
+                    )
+                if n < NOGIL_BYTES:
+                    c_zero_chunks(p, n, <Py_ssize_t>size, <uint8_t*>out_view.buf)
+                else:
+                    with nogil:
+                        c_zero_chunks(p, n, <Py_ssize_t>size, <uint8_t*>out_view.buf)
+            finally:
+                PyBuffer_Release(&out_view)
+            return _reference._bytes_view(out, "out")[:count]
+        import numpy as np
         flags = np.empty(count, dtype=bool)
         if count:
             PyObject_GetBuffer(flags, &out_view, PyBUF_FULL_RO | PyBUF_WRITABLE)
@@ -729,6 +753,7 @@ def bat_decode(raw):
         if view.len % 4:
             raise ValueError(f"BAT bytes must be a multiple of 4 long, not {view.len}")
         count = view.len // 4
+        import numpy as np
         bat = np.empty(count, dtype=np.uint32)
         if count:
             PyObject_GetBuffer(bat, &out_view, PyBUF_FULL_RO | PyBUF_WRITABLE)
@@ -815,6 +840,22 @@ def bat_extents(bat, first_sector, sector_count, sectors_per_block, bitmap_bytes
         PyBuffer_Release(&view)
 
 
+cdef object _flagged(const uint8_t* flags, Py_ssize_t n):
+    """``array("q")`` of the indices of the non-zero bytes of ``flags``, ascending."""
+    cdef Py_ssize_t i, count = 0
+    for i in range(n):
+        if flags[i]:
+            count += 1
+    cdef array.array result = array.clone(_INT64_TEMPLATE, count, zero=False)
+    cdef long long* out = result.data.as_longlongs
+    count = 0
+    for i in range(n):
+        if flags[i]:
+            out[count] = i
+            count += 1
+    return result
+
+
 def bat_scan(bat, block_bytes, bitmap_bytes, data_start, data_end):
     """Compiled twin of `_reference.bat_scan`."""
     cdef Py_buffer view, flags_view
@@ -845,17 +886,18 @@ def bat_scan(bat, block_bytes, bitmap_bytes, data_start, data_end):
         scratch = <uint32_t*>malloc(max(n, 1) * 2 * sizeof(uint32_t))
         if scratch == NULL:
             raise MemoryError()
-        flags = np.zeros(n, dtype=np.uint8)
+        flags = bytearray(n)
         PyObject_GetBuffer(flags, &flags_view, PyBUF_FULL_RO | PyBUF_WRITABLE)
         try:
             with nogil:
                 allocated = c_bat_scan(<const uint32_t*>view.buf, n, span_c, start_c,
                                        last_good_c, scratch, scratch + n,
                                        <uint8_t*>flags_view.buf, &max_start)
+            bad = _flagged(<const uint8_t*>flags_view.buf, n)
         finally:
             PyBuffer_Release(&flags_view)
         end_of_last = max_start + span if allocated else 0
-        return allocated, end_of_last, np.flatnonzero(flags).astype(np.int64, copy=False)
+        return allocated, end_of_last, bad
     finally:
         free(scratch)
         PyBuffer_Release(&view)

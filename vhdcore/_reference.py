@@ -15,13 +15,16 @@ Conventions shared by every kernel:
   ``ValueError``.
 * Bitmaps are MSB-first, as VHD sector bitmaps are: bit 0 is the 0x80 bit
   of byte 0.
+* numpy is imported only by the kernels that return numpy arrays
+  (``zero_chunks`` without ``out``, ``bat_decode``), when first called:
+  opening and converting an image never needs it, and importing it is
+  most of a short command's start-up.
 """
 
 from __future__ import annotations
 
+import array
 import operator
-
-import numpy as np
 
 __all__ = [
     "vhd_checksum",
@@ -138,24 +141,41 @@ def find_nonzero(buf, start=0):
     return -1
 
 
-def zero_chunks(buf, chunk_size):
+def zero_chunks(buf, chunk_size, out=None):
     """One flag per ``chunk_size`` chunk of ``buf``: True where it is all zero.
 
-    The last chunk may be shorter. An empty buffer gives an empty array.
+    The last chunk may be shorter. An empty buffer gives no flags.
+
+    Returns:
+        A numpy bool array; or, when ``out`` (a writable byte buffer of at
+        least as many bytes as there are chunks) is given, the flags as
+        bytes 1 (all zero) / 0 in its first bytes, and a memoryview of
+        those bytes.
 
     Raises:
-        ValueError: ``chunk_size`` is not positive.
+        ValueError: ``chunk_size`` is not positive; ``out`` is read-only
+            or too short.
     """
     view = _bytes_view(buf)
     chunk_size = _index(chunk_size, "chunk_size")
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, not {chunk_size}")
     count = (len(view) + chunk_size - 1) // chunk_size
-    flags = np.ones(count, dtype=bool)
+    flags = [True] * count
     for position, byte in enumerate(view):
         if byte:
             flags[position // chunk_size] = False
-    return flags
+    if out is None:
+        import numpy as np
+
+        return np.array(flags, dtype=bool)
+    target = _bytes_view(out, "out")
+    if target.readonly:
+        raise ValueError("out must be a writable buffer")
+    if len(target) < count:
+        raise ValueError(f"out holds {len(target)} bytes; {count} flags need as many")
+    target[:count] = bytes(flags)
+    return target[:count]
 
 
 def _bit(view, bit):
@@ -232,6 +252,8 @@ def bat_decode(raw):
     if len(view) % 4:
         raise ValueError(f"BAT bytes must be a multiple of 4 long, not {len(view)}")
     entries = [int.from_bytes(view[i : i + 4], "big") for i in range(0, len(view), 4)]
+    import numpy as np
+
     return np.array(entries, dtype=np.uint32)
 
 
@@ -305,9 +327,10 @@ def bat_scan(bat, block_bytes, bitmap_bytes, data_start, data_end):
 
     Returns:
         ``(allocated_count, end_of_last_block, bad)``: the number of
-        allocated entries, the largest block end (0 if none), and an int64
-        numpy array, ascending, of the indices of allocated entries whose
-        block leaves ``[data_start, data_end)`` or overlaps another block.
+        allocated entries, the largest block end (0 if none), and an
+        ``array.array("q")``, ascending, of the indices of allocated entries
+        whose block leaves ``[data_start, data_end)`` or overlaps another
+        block.
 
     Raises:
         ValueError: ``block_bytes`` not positive, or negative sizes/offsets.
@@ -338,4 +361,4 @@ def bat_scan(bat, block_bytes, bitmap_bytes, data_start, data_end):
         if position + 1 < len(blocks) and blocks[position + 1][0] < end:
             bad.add(index)
         max_end_before = max(max_end_before, end)
-    return len(blocks), end_of_last, np.array(sorted(bad), dtype=np.int64)
+    return len(blocks), end_of_last, array.array("q", sorted(bad))

@@ -4,14 +4,14 @@ The BAT holds one big-endian uint32 per block: the *sector* of the block's
 bitmap, or 0xFFFFFFFF for an unallocated block. Decoding and the scan for
 misplaced blocks are kernels (``kernels.bat_decode`` / ``bat_scan``); this
 module turns their results into sizes, the end of metadata, and Problems.
+numpy is imported only to describe a damaged table: validating a sound one,
+as every open does, needs none.
 """
 
 from __future__ import annotations
 
 import os
 from typing import List, Union
-
-import numpy as np
 
 from ._backend import kernels
 from .constants import BAT_UNUSED, LEGACY_FOOTER_SIZE, SECTOR_SIZE
@@ -120,7 +120,8 @@ def validate_bat(
     skips it).
 
     Args:
-        bat: the decoded table (uint32 array from ``kernels.bat_decode``),
+        bat: the decoded table (a native uint32 buffer: numpy array,
+            ``array("I")``, memoryview; ``kernels.bat_decode`` gives one),
             or its raw big-endian bytes.
         header: the dynamic header (block size, max table entries).
         footer: the footer (current size).
@@ -138,9 +139,11 @@ def validate_bat(
             512 (validate the header first).
     """
     where = _where(path)
-    if isinstance(bat, (bytes, bytearray, memoryview)):
+    if isinstance(bat, (bytes, bytearray)) or (
+        isinstance(bat, memoryview) and bat.format == "B"
+    ):
         bat = kernels.bat_decode(bat)
-    table = np.asarray(bat, dtype=np.uint32)
+    table = bat
     block_size = header.block_size
     bitmap = bitmap_bytes_for(block_size)
     span = bitmap + block_size
@@ -157,6 +160,10 @@ def validate_bat(
     if len(bad):
         # Classify and locate neighbours with array operations: a corrupt
         # table can flag every one of a million entries.
+        import numpy as np
+
+        table = np.asarray(table, dtype=np.uint32)
+        bad = np.asarray(bad, dtype=np.int64)
         allocated = np.flatnonzero(table != BAT_UNUSED)
         starts = table[allocated].astype(np.int64) * SECTOR_SIZE
         order = np.argsort(starts, kind="stable")
@@ -218,7 +225,12 @@ def validate_bat(
             )
 
     needed = blocks_needed(footer.current_size, block_size)
-    extra = np.flatnonzero(table[needed:] != BAT_UNUSED)
+    extra = ()
+    if len(table) > needed:
+        import numpy as np
+
+        table = np.asarray(table, dtype=np.uint32)
+        extra = np.flatnonzero(table[needed:] != BAT_UNUSED)
     if len(extra):
         first = needed + int(extra[0])
         problems.append(

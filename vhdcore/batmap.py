@@ -23,7 +23,6 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple, Union
 
-import numpy as np
 
 from .bat import bat_bytes
 from .constants import BAT_UNUSED, BATMAP_COOKIE, LEGACY_FOOTER_SIZE, SECTOR_SIZE
@@ -59,6 +58,8 @@ def _where(path) -> str:
 
 def batmap_checksum(map_bytes, version: int = BATMAP_VERSION_1_2) -> int:
     """One's complement of the byte sum of the map (signed bytes for v1.1)."""
+    import numpy as np  # blktap images only; opening others never needs numpy
+
     data = np.frombuffer(bytes(map_bytes), dtype=np.uint8)
     total = int(data.sum(dtype=np.uint64))
     if version == BATMAP_VERSION_1_1:
@@ -281,6 +282,8 @@ class Batmap:
                     at + 24,
                 )
             elif bat is not None:
+                import numpy as np
+
                 table = np.asarray(bat, dtype=np.uint32)
                 bits = np.unpackbits(np.frombuffer(self.map, dtype=np.uint8))[: len(table)]
                 wrong = np.flatnonzero((bits == 1) & (table[: len(bits)] == BAT_UNUSED))

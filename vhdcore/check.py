@@ -1110,6 +1110,7 @@ class _Checker:
             count, last_end, bad = kernels.bat_scan(
                 table, header.block_size, header.bitmap_bytes, metadata_end, limit
             )
+            bad = np.asarray(bad, dtype=np.int64)
         report.counts["allocated_blocks"] = int(count)
         report.counts["data_end"] = int(last_end)
         empty = np.zeros(0, dtype=np.int64)
@@ -1129,7 +1130,7 @@ class _Checker:
             _, _, overlapping = kernels.bat_scan(
                 inside, header.block_size, header.bitmap_bytes, 0, 1 << 62
             )
-            report.overlap_entries = overlapping
+            report.overlap_entries = np.asarray(overlapping, dtype=np.int64)
         else:
             report.overlap_entries = bad
         table_at = header.table_offset

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -29,6 +30,9 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: The reader of our stdout went away (``vhdcore map | head``): exit as a
+#: tool killed by SIGPIPE would, quietly.
+EXIT_BROKEN_PIPE = 141
 
 
 def command_names() -> list[str]:
@@ -69,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     except VHDError as exc:
         print(f"vhdcore {args.command}: {exc}", file=sys.stderr)
         return error_exit
+    except BrokenPipeError:
+        # Python ignores SIGPIPE; say nothing, and keep the interpreter's
+        # final flush of stdout from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"vhdcore {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -6,6 +6,8 @@ blktap, libvhdi) add their own limits, the comment names them.
 
 from __future__ import annotations
 
+import array as _array
+
 SECTOR_SIZE = 512
 FOOTER_SIZE = 512
 LEGACY_FOOTER_SIZE = 511  # images from before Virtual PC 2004
@@ -33,6 +35,8 @@ DISK_TYPE_NAMES = {DISK_FIXED: "fixed", DISK_DYNAMIC: "dynamic", DISK_DIFFERENCI
 
 FIXED_DATA_OFFSET = 0xFFFFFFFFFFFFFFFF
 BAT_UNUSED = 0xFFFFFFFF
+#: ``array.array`` type code of a native uint32: the BAT held in memory.
+UINT32_TYPECODE = "I" if _array.array("I").itemsize == 4 else "L"
 
 # 2000-01-01T00:00:00Z as a Unix time: the VHD timestamp epoch.
 VHD_EPOCH = 946684800

@@ -23,11 +23,11 @@ everything written before it survives a crash of the machine too.
 
 from __future__ import annotations
 
+import array
 import os
+import sys
 import warnings
 from typing import List, Optional
-
-import numpy as np
 
 from . import bat as batmod
 from . import chain
@@ -43,6 +43,7 @@ from .constants import (
     LEGACY_FOOTER_SIZE,
     MAX_BAT_BYTES,
     SECTOR_SIZE,
+    UINT32_TYPECODE,
 )
 from ._backend import kernels
 from .errors import (
@@ -69,7 +70,19 @@ class VHDWarning(UserWarning):
 
 def _zero_fill(view: memoryview) -> None:
     """Set every byte of a writable byte view to zero."""
-    np.frombuffer(view, dtype=np.uint8)[:] = 0
+    zeros = memoryview(_ZERO_CHUNK)
+    for start in range(0, len(view), len(zeros)):
+        end = min(start + len(zeros), len(view))
+        view[start:end] = zeros[: end - start]
+
+
+def _decode_bat(raw: bytes) -> array.array:
+    """The on-disk big-endian table as native uint32s (stdlib: no numpy needed to open)."""
+    table = array.array(UINT32_TYPECODE)
+    table.frombytes(raw)
+    if sys.byteorder == "little":
+        table.byteswap()
+    return table
 
 
 class VHD:
@@ -103,7 +116,8 @@ class VHD:
         self.notes: List[str] = []
         self.parent: Optional[VHD] = None
         self.header: Optional[DynamicHeader] = None
-        self.bat = None
+        self._bat_table: Optional[array.array] = None
+        self._bat_numpy = None
         self._bitmaps = {}
         self._closed = False
         self._file = open_image_file(
@@ -241,8 +255,9 @@ class VHD:
                 f"{self._blocks * 4}-byte table, over the {MAX_BAT_BYTES}-byte limit"
             )
         raw = f.pread(header.table_offset, self._blocks * 4, "block allocation table")
-        self.bat = kernels.bat_decode(raw)
-        self._bat_view = memoryview(self.bat)
+        self._bat_table = _decode_bat(raw)
+        self._bat_view = memoryview(self._bat_table)
+        self._bat_numpy = None  # a reload must not leave the old table's view behind
         self.batmap = find_batmap(footer, header, lambda o, n: f.pread(o, n, "batmap"), file_size)
         self._metadata_end = batmod.metadata_end(
             header, self.batmap,
@@ -251,11 +266,11 @@ class VHD:
         )
         raise_for(
             p for p in batmod.validate_bat(
-                self.bat, header, footer, self._metadata_end, file_size, self.path
+                self._bat_table, header, footer, self._metadata_end, file_size, self.path
             ) if p.severity == "error"
         )
         _, last_end, _ = kernels.bat_scan(
-            self.bat, self.block_size, self._bitmap_bytes, 0, 1 << 62
+            self._bat_table, self.block_size, self._bitmap_bytes, 0, 1 << 62
         )
         self._next_free = max(self._metadata_end, last_end)
         if self._next_free % SECTOR_SIZE:
@@ -284,11 +299,32 @@ class VHD:
         return members
 
     @property
+    def bat(self):
+        """The block table as a numpy uint32 array (``None`` for fixed disks).
+
+        It shares memory with the table the image reads and writes through,
+        so it always shows the current entries; numpy is imported only when
+        this is first asked for.
+        """
+        if self._bat_table is None:
+            return None
+        if self._bat_numpy is None:
+            import numpy as np
+
+            self._bat_numpy = np.frombuffer(self._bat_table, dtype=np.uint32)
+        return self._bat_numpy
+
+    @property
+    def block_count(self) -> Optional[int]:
+        """Entries of the block table the virtual size needs (``None`` for fixed disks)."""
+        return None if self._bat_table is None else len(self._bat_table)
+
+    @property
     def allocated_blocks(self) -> int:
         """Allocated BAT entries (0 for fixed disks)."""
-        if self.bat is None:
+        if self._bat_table is None:
             return 0
-        return int(np.count_nonzero(self.bat != BAT_UNUSED))
+        return len(self._bat_table) - self._bat_table.count(BAT_UNUSED)
 
     def __repr__(self):
         return f"<VHD {self.path!r} {self.type} {self.virtual_size} bytes mode={self.mode!r}>"
@@ -330,7 +366,7 @@ class VHD:
         self._check_range(offset, length)
         if length == 0:
             return 0
-        if self.bat is None:
+        if self._bat_table is None:
             self._file.preadinto(offset, view)
             return length
         # Fast path: the whole request inside one allocated dynamic block.
@@ -379,12 +415,12 @@ class VHD:
     def _extents_into(self, out, offset, length, depth):
         if length <= 0:
             return
-        if self.bat is None:
+        if self._bat_table is None:
             append_extent(out, Extent(offset, length, DATA if depth == 0 else PARENT,
                                       depth, offset))
             return
         state = DATA if depth == 0 else PARENT
-        covered = len(self.bat) * self.block_size
+        covered = len(self._bat_table) * self.block_size
         if offset + length > covered:
             # A CHS-derived size beyond the table: the excess holds nothing.
             inside = max(0, covered - offset)
@@ -394,7 +430,7 @@ class VHD:
         first = offset // SECTOR_SIZE
         last = (offset + length + SECTOR_SIZE - 1) // SECTOR_SIZE
         runs = kernels.bat_extents(
-            self.bat, first, last - first, self._sectors_per_block, self._bitmap_bytes
+            self._bat_table, first, last - first, self._sectors_per_block, self._bitmap_bytes
         )
         end = offset + length
         for sector, count, file_offset in runs:
@@ -479,7 +515,7 @@ class VHD:
         self._check_range(offset, length)
         if length == 0:
             return 0
-        if self.bat is None:
+        if self._bat_table is None:
             self._file.pwrite(offset, view)
             return length
         head = offset % SECTOR_SIZE
@@ -585,7 +621,7 @@ class VHD:
         f.flush()
         # 3. BAT entries, one sector at a time; the in-memory table changes
         #    only once the on-disk entry is written.
-        pending = np.array(self.bat, copy=True)
+        pending = array.array(UINT32_TYPECODE, self._bat_table)
         for i, block in enumerate(blocks):
             pending[block] = (first + i * span) // SECTOR_SIZE
         self._next_free = new_end
@@ -602,7 +638,7 @@ class VHD:
                 )
                 raw += tail
             f.pwrite(self.header.table_offset + lo * 4, raw)
-            self.bat[lo:hi] = pending[lo:hi]
+            self._bat_table[lo:hi] = pending[lo:hi]
         for block in blocks:
             self._bitmaps[block] = bytearray(self._bitmap_bytes)
 
@@ -674,7 +710,7 @@ class VHD:
         """
         if self.mode != "r+":
             raise ReadOnlyError(f"{self.path}: image is open read-only")
-        if self.bat is None:
+        if self._bat_table is None:
             return 0
         block_size = self.block_size
         blocks = set()
@@ -684,8 +720,11 @@ class VHD:
                 continue
             first = offset // block_size
             last = (offset + length - 1) // block_size
-            span = self.bat[first : last + 1]
-            blocks.update((np.flatnonzero(span == BAT_UNUSED) + first).tolist())
+            span = self._bat_view[first : last + 1]
+            if span.tobytes().count(b"\xff\xff\xff\xff"):
+                blocks.update(
+                    first + i for i, entry in enumerate(span) if entry == BAT_UNUSED
+                )
         if blocks:
             self._allocate(sorted(blocks))
         return len(blocks)
@@ -719,7 +758,7 @@ class VHD:
             if len(view):
                 items.append((offset, view))
                 total += len(view)
-        if self.bat is None:
+        if self._bat_table is None:
             for offset, view in items:
                 self._file.pwrite(offset, view)
             return total
@@ -804,7 +843,7 @@ class VHD:
         new_end = first + span * appended
         if appended:
             f.pwrite(new_end, self.footer.to_bytes())
-        pending = np.array(self.bat, copy=True)
+        pending = array.array(UINT32_TYPECODE, self._bat_table)
         slot = 0
         for block, target in moves:
             if self._bat_view[block] == BAT_UNUSED:
@@ -833,8 +872,9 @@ class VHD:
         blocks = [b for b in blocks if self._bat_view[b] != BAT_UNUSED]
         if not blocks:
             return
-        pending = np.array(self.bat, copy=True)
-        pending[blocks] = BAT_UNUSED
+        pending = array.array(UINT32_TYPECODE, self._bat_table)
+        for block in blocks:
+            pending[block] = BAT_UNUSED
         self._store_bat(pending, blocks)
         for block in blocks:
             self._bitmaps.pop(block, None)
@@ -862,7 +902,7 @@ class VHD:
                     SECTOR_SIZE - len(raw), "block allocation table",
                 )
             self._file.pwrite(self.header.table_offset + lo * 4, raw)
-            self.bat[lo:hi] = pending[lo:hi]
+            self._bat_table[lo:hi] = pending[lo:hi]
 
     def store_header(self, header) -> None:
         """Write ``header`` (a :class:`DynamicHeader`) in place: one 1024-byte write."""

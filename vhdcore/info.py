@@ -20,13 +20,13 @@ def describe(image) -> dict:
     """A JSON-ready description of an open image and its parent chain."""
     footer = image.footer
     geometry = footer.geometry
-    if image.bat is None:
+    if image.block_count is None:
         allocated = image.virtual_size
         blocks = None
     else:
         count = image.allocated_blocks
         allocated = min(count * image.block_size, footer.current_size)
-        blocks = {"allocated": count, "total": len(image.bat)}
+        blocks = {"allocated": count, "total": image.block_count}
     data = {
         "filename": image.path,
         "format": "vhd",

@@ -550,8 +550,6 @@ def _first_nonzero(source: Source, start: int, end: int, buffer) -> Optional[int
 
 
 def _first_difference(first: Source, second: Source, end: int, progress=None) -> Optional[int]:
-    import numpy as np
-
     from ._backend import kernels
 
     chunk = 4 << 20
@@ -569,6 +567,8 @@ def _first_difference(first: Source, second: Source, end: int, progress=None) ->
                 # Whole bytearrays compare with memcmp; memoryviews do not.
                 same = buf_a == buf_b if count == chunk else buf_a[:count] == buf_b[:count]
                 if not same:
+                    import numpy as np
+
                     diff = np.frombuffer(view_a[:count], np.uint8) != np.frombuffer(
                         view_b[:count], np.uint8
                     )

@@ -35,11 +35,10 @@ the layout the file writer would have produced.
 
 from __future__ import annotations
 
+import array
 import errno
 import os
 from typing import Iterable, List, Optional
-
-import numpy as np
 
 from . import bat as batmod
 from ._backend import kernels
@@ -52,6 +51,7 @@ from .constants import (
     MAX_DYNAMIC_SIZE,
     MAX_FIXED_SIZE,
     SECTOR_SIZE,
+    UINT32_TYPECODE,
 )
 from .errors import ConversionError, LimitError
 from .footer import Footer
@@ -90,16 +90,18 @@ def nonzero_runs(view, granularity: int, offset: int = 0):
     if head and not kernels.is_zero(view[:head]):
         runs.append((0, head))
     if head < length:
-        flags = kernels.zero_chunks(view[head:], granularity)
-        if not flags.any():
-            runs.append((head, length))
-        else:
-            # Transitions of the "is data" flag give the runs' edges.
-            edges = np.flatnonzero(np.diff(np.concatenate(([True], flags, [True])).astype(np.int8)))
-            for first, last in zip(edges[0::2], edges[1::2]):
-                runs.append(
-                    (head + int(first) * granularity, min(head + int(last) * granularity, length))
-                )
+        # One flag byte per chunk (1 = all zero); bytearray.find walks them
+        # in C from one edge of a data run to the next.
+        count = -(-(length - head) // granularity)
+        flags = bytearray(count)
+        kernels.zero_chunks(view[head:], granularity, out=flags)
+        first = flags.find(0)
+        while first >= 0:
+            last = flags.find(1, first)
+            if last < 0:
+                last = count
+            runs.append((head + first * granularity, min(head + last * granularity, length)))
+            first = flags.find(0, last)
     if len(runs) > 1 and runs[0] == (0, head) and runs[1][0] == head:
         runs[0:2] = [(0, runs[1][1])]
     return runs
@@ -315,7 +317,7 @@ class DynamicWriter(Writer):
                 )
         self.table_entries = self.capacity
         self.data_start = _round_up(TABLE_OFFSET + batmod.bat_bytes(self.capacity), SECTOR_SIZE)
-        self.bat = np.full(self.capacity, BAT_UNUSED, dtype=np.uint32)
+        self.bat = array.array(UINT32_TYPECODE, [BAT_UNUSED]) * self.capacity
         self.next_free = self.data_start
         if self.plan is not None:
             if virtual_size is None:
