@@ -614,6 +614,16 @@ def find_nonzero(buf, start=0):
         PyBuffer_Release(&view)
 
 
+cdef inline void _zero_chunks_into(const uint8_t* p, Py_ssize_t n, Py_ssize_t size,
+                                   uint8_t* flags) noexcept:
+    """``c_zero_chunks``, without the GIL when the buffer is big enough to pay for it."""
+    if n < NOGIL_BYTES:
+        c_zero_chunks(p, n, size, flags)
+    else:
+        with nogil:
+            c_zero_chunks(p, n, size, flags)
+
+
 def zero_chunks(buf, chunk_size, out=None):
     """Compiled twin of `_reference.zero_chunks`."""
     cdef Py_buffer view, out_view
@@ -638,11 +648,7 @@ def zero_chunks(buf, chunk_size, out=None):
                     raise ValueError(
                         f"out holds {out_view.len} bytes; {count} flags need as many"
                     )
-                if n < NOGIL_BYTES:
-                    c_zero_chunks(p, n, <Py_ssize_t>size, <uint8_t*>out_view.buf)
-                else:
-                    with nogil:
-                        c_zero_chunks(p, n, <Py_ssize_t>size, <uint8_t*>out_view.buf)
+                _zero_chunks_into(p, n, <Py_ssize_t>size, <uint8_t*>out_view.buf)
             finally:
                 PyBuffer_Release(&out_view)
             return _reference._bytes_view(out, "out")[:count]
@@ -651,11 +657,7 @@ def zero_chunks(buf, chunk_size, out=None):
         if count:
             PyObject_GetBuffer(flags, &out_view, PyBUF_FULL_RO | PyBUF_WRITABLE)
             try:
-                if n < NOGIL_BYTES:
-                    c_zero_chunks(p, n, <Py_ssize_t>size, <uint8_t*>out_view.buf)
-                else:
-                    with nogil:
-                        c_zero_chunks(p, n, <Py_ssize_t>size, <uint8_t*>out_view.buf)
+                _zero_chunks_into(p, n, <Py_ssize_t>size, <uint8_t*>out_view.buf)
             finally:
                 PyBuffer_Release(&out_view)
         return flags
