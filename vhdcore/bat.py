@@ -139,9 +139,7 @@ def validate_bat(
             512 (validate the header first).
     """
     where = _where(path)
-    if isinstance(bat, (bytes, bytearray)) or (
-        isinstance(bat, memoryview) and bat.format == "B"
-    ):
+    if isinstance(bat, (bytes, bytearray)) or (isinstance(bat, memoryview) and bat.itemsize == 1):
         bat = kernels.bat_decode(bat)
     table = bat
     block_size = header.block_size
