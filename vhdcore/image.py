@@ -720,11 +720,9 @@ class VHD:
                 continue
             first = offset // block_size
             last = (offset + length - 1) // block_size
-            span = self._bat_view[first : last + 1]
-            if span.tobytes().count(b"\xff\xff\xff\xff"):
-                blocks.update(
-                    first + i for i, entry in enumerate(span) if entry == BAT_UNUSED
-                )
+            span = self.bat[first : last + 1]  # numpy: commit reserves whole disks
+            unused = (span == BAT_UNUSED).nonzero()[0]
+            blocks.update((unused + first).tolist())
         if blocks:
             self._allocate(sorted(blocks))
         return len(blocks)
