@@ -348,9 +348,32 @@ class VHD:
             )
 
     def read(self, offset: int, length: int) -> bytes:
-        """``length`` bytes of the virtual disk from ``offset``."""
+        """``length`` bytes of the virtual disk from ``offset``.
+
+        The range is checked before anything is allocated, so a request
+        past the end fails at once with :class:`OutOfRangeError` rather than
+        after allocating ``length`` bytes (or with a ``MemoryError``). A range
+        held by one run of one file (any read of a fixed disk, most reads
+        of a dynamic one) is read straight into the bytes returned, and an
+        all-zero range is ``bytes(length)``: one allocation, no copy. Only a
+        range mixing runs is assembled in a buffer and copied once.
+
+        Raises:
+            OutOfRangeError: the range leaves the virtual disk.
+        """
+        self._check_range(offset, length)
+        if length == 0:
+            return b""
+        if self._bat_table is None:
+            return self._file.pread(offset, length)
+        runs = self.extents(offset, length)
+        if len(runs) == 1:
+            run = runs[0]
+            if run.state == ZERO:
+                return bytes(length)
+            return self._members()[run.depth]._file.pread(run.file_offset, length)
         buffer = bytearray(length)
-        self.readinto(offset, buffer)
+        self._fill(memoryview(buffer), offset, runs)
         return bytes(buffer)
 
     def readinto(self, offset: int, buffer) -> int:
@@ -388,7 +411,11 @@ class VHD:
         return length
 
     def _readinto_slow(self, offset, view):
-        for extent in self.extents(offset, len(view)):
+        self._fill(view, offset, self.extents(offset, len(view)))
+
+    def _fill(self, view, offset, extents):
+        """Fill ``view`` (the virtual range from ``offset``) from its ``extents``."""
+        for extent in extents:
             part = view[extent.offset - offset : extent.end - offset]
             if extent.state == ZERO:
                 _zero_fill(part)

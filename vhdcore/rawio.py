@@ -44,6 +44,23 @@ class VHDRawIO(io.RawIOBase):
         self._position = position
         return position
 
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all the rest if negative), allocating only what remains.
+
+        ``io.RawIOBase.read`` allocates ``size`` bytes before reading, so
+        ``read(10**12)`` near the end of a small disk would fail with
+        ``MemoryError``; this clamps to the end of the disk first.
+        """
+        self._checkClosed()
+        remaining = max(0, self._image.virtual_size - self._position)
+        count = remaining if size is None or size < 0 else min(size, remaining)
+        data = self._image.read(self._position, count)
+        self._position += count
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
     def readinto(self, buffer) -> int:
         self._checkClosed()
         view = memoryview(buffer).cast("B")
