@@ -38,7 +38,7 @@ import numpy as np
 
 from ._backend import kernels
 from .constants import BAT_UNUSED, FOOTER_SIZE, SECTOR_SIZE
-from .create import _link_into_place
+from .create import OVERWRITE_ADVICE, _link_into_place
 from .errors import UnsupportedError
 from .extent import ZERO
 from .fileio import open_image_file
@@ -259,7 +259,7 @@ def _write_compacted(image, keep, drops, output, overwrite) -> int:
     """Write the image with only the ``keep`` blocks, packed, to ``output``; returns its size."""
     output = os.fspath(output)
     if not overwrite and os.path.lexists(output):
-        raise FileExistsError(17, "file exists (use overwrite to replace it)", output)
+        raise FileExistsError(17, OVERWRITE_ADVICE, output)
     span = image._block_span
     header = image.header
     base = image._metadata_end

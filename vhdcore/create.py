@@ -19,10 +19,10 @@ import uuid as uuidlib
 from typing import Optional
 
 from . import bat as batmod
+from . import chain
 from .constants import (
     BAT_UNUSED,
     DEFAULT_BLOCK_SIZE,
-    DEFAULT_MAX_CHAIN_DEPTH,
     DISK_DIFFERENCING,
     DISK_DYNAMIC,
     DISK_FIXED,
@@ -34,13 +34,16 @@ from .constants import (
     PLATFORM_W2RU,
     SECTOR_SIZE,
 )
-from .errors import LimitError, VHDError
+from .errors import LimitError, UnsafeParentError, VHDError
 from .footer import Footer, vhd_timestamp
 from .header import DynamicHeader, ParentLocator
 from .locators import encode_locator, relative_parent_path
 
 TYPES = {"fixed": DISK_FIXED, "dynamic": DISK_DYNAMIC, "differencing": DISK_DIFFERENCING}
 TABLE_OFFSET = 1536  # after the footer copy (0) and the dynamic header (512)
+#: What a refusal to replace an existing file says: the library keyword
+#: and the flag a command-line user can type.
+OVERWRITE_ADVICE = "file exists (pass overwrite=True, or --force on the command line)"
 
 
 def _round_up(value: int, unit: int) -> int:
@@ -117,12 +120,15 @@ def create(
     path,
     size: Optional[int] = None,
     *,
-    type: str = "dynamic",  # noqa: A002 - the documented keyword
+    type: Optional[str] = None,  # noqa: A002 - the documented keyword
     block_size: int = DEFAULT_BLOCK_SIZE,
     parent=None,
     overwrite: bool = False,
     uuid: Optional[uuidlib.UUID] = None,
     timestamp: Optional[float] = None,
+    allow_parent_dirs=(),
+    allow_symlinks: bool = False,
+    max_chain_depth: Optional[int] = None,
 ):
     """Create a VHD image and return it open for reading and writing.
 
@@ -131,8 +137,10 @@ def create(
         size: virtual size in bytes, rounded up to a whole sector. For a
             differencing disk it may be ``None`` and otherwise must equal
             the parent's virtual size.
-        type: ``"dynamic"`` (default), ``"fixed"`` or ``"differencing"``
-            (implied by ``parent``).
+        type: ``"dynamic"``, ``"fixed"`` or ``"differencing"``; by default
+            ``"differencing"`` with a ``parent`` and ``"dynamic"`` without.
+            A parent with ``"fixed"`` or ``"dynamic"`` is refused rather
+            than silently making a differencing image.
         block_size: bytes per block of a dynamic or differencing disk: a
             power of two; 2 MiB by default (a differencing disk defaults to
             its parent's block size).
@@ -141,6 +149,11 @@ def create(
         overwrite: replace an existing file instead of refusing.
         uuid, timestamp: fixed identity for reproducible images (default:
             random UUID, now).
+        allow_parent_dirs, allow_symlinks, max_chain_depth: the chain
+            policy of :func:`vhdcore.open` (see :mod:`vhdcore.chain`). The
+            new child's chain must be one that opening the child with the
+            same options accepts: a parent outside the child's directory
+            needs its directory in ``allow_parent_dirs``.
 
     Returns:
         The new :class:`vhdcore.image.VHD`, opened ``"r+"``; ``notes`` says
@@ -149,15 +162,26 @@ def create(
     Raises:
         LimitError: the size or block size is out of range.
         VHDError: the parent cannot be used.
+        UnsafeParentError: a member of the parent's chain lies where the
+            chain policy would refuse it when the child is opened.
         FileExistsError: ``path`` exists and ``overwrite`` is false.
     """
     from .image import VHD, open as open_image
 
-    if parent is not None:
-        type = "differencing"
+    if type is None:
+        type = "dynamic" if parent is None else "differencing"
+    elif parent is not None and type != "differencing":
+        raise VHDError(
+            f"{path}: a parent makes a differencing image, but type {type!r} was asked for"
+        )
     if type not in TYPES:
         raise VHDError(f"unknown image type {type!r}: use fixed, dynamic or differencing")
     disk_type = TYPES[type]
+    chain_options = {
+        "allow_parent_dirs": tuple(allow_parent_dirs or ()),
+        "allow_symlinks": allow_symlinks,
+        "max_chain_depth": max_chain_depth,
+    }
     notes = []
     parent_image = None
     own_parent = False
@@ -168,8 +192,9 @@ def create(
             if isinstance(parent, VHD):
                 parent_image = parent
             else:
-                parent_image = open_image(parent, "r")
+                parent_image = open_image(parent, "r", **chain_options)
                 own_parent = True
+            _check_chain_policy(path, parent_image, chain_options)
             if size is None:
                 size = parent_image.virtual_size
             elif size != parent_image.virtual_size:
@@ -207,19 +232,8 @@ def create(
     finally:
         if own_parent and parent_image is not None:
             parent_image.close()
-    # The caller named this parent (and opened its chain), so the reopen
-    # may use every directory that chain lives in, and one more level of
-    # depth than it has: otherwise a chain the caller could open would fail
-    # here, after the file was made.
-    reopen = {}
-    if parent_image is not None:
-        members = parent_image.chain
-        reopen["allow_parent_dirs"] = sorted(
-            {os.path.dirname(os.path.abspath(m.path)) for m in members}
-        )
-        reopen["max_chain_depth"] = max(DEFAULT_MAX_CHAIN_DEPTH, len(members) + 1)
     try:
-        image = VHD(path, "r+", **reopen)
+        image = VHD(path, "r+", **chain_options)
     except BaseException:
         # A failed create leaves no file behind.
         try:
@@ -231,12 +245,41 @@ def create(
     return image
 
 
+def _check_chain_policy(path, parent_image, chain_options) -> None:
+    """Refuse a parent chain that opening the new child at ``path`` would refuse.
+
+    Without this check a child whose parent lies in another directory is
+    created fine and then refused by every later command: the policy
+    that opens a chain is the leaf's (its own directory plus the allowed
+    ones), not the parent's. So every member of the parent's chain must
+    pass the child's policy, and the chain with the child must fit its
+    depth limit.
+    """
+    policy = chain.ParentPolicy.for_leaf(
+        path, allow_parent_dirs=chain_options["allow_parent_dirs"],
+        allow_symlinks=chain_options["allow_symlinks"],
+        max_depth=chain_options["max_chain_depth"],
+    )
+    members = parent_image.chain
+    if len(members) + 1 > policy.max_depth:
+        raise LimitError(
+            f"{path}: the chain would hold {len(members) + 1} images, over the limit of "
+            f"{policy.max_depth}; raise it with --max-chain-depth"
+        )
+    for member in members:
+        reason = policy.refusal(member.path)
+        if reason is not None:
+            if "symbolic link" in reason:
+                reason += "; allow it with --allow-symlinks"
+            raise UnsafeParentError(f"{path}: the new child could not open its parent: {reason}")
+
+
 def _write_new_file(path, pieces, overwrite):
     """Write ``pieces`` to a temporary file, fsync it, and link it into place."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not overwrite and os.path.lexists(path):
-        raise FileExistsError(17, "file exists (use overwrite to replace it)", path)
+        raise FileExistsError(17, OVERWRITE_ADVICE, path)
     fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".vhdcore-tmp",
                                 dir=directory)
     try:

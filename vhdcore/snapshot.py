@@ -17,22 +17,29 @@ from .info import describe
 __all__ = ["snapshot"]
 
 
-def snapshot(parent, child, *, overwrite: bool = False) -> dict:
+def snapshot(parent, child, *, overwrite: bool = False, allow_parent_dirs=(),
+             allow_symlinks: bool = False, max_chain_depth=None) -> dict:
     """Create ``child`` as an empty differencing image of ``parent``.
 
     Args:
         parent: the image to freeze (any type; it is only read).
         child: the new differencing image.
         overwrite: replace an existing ``child`` file.
+        allow_parent_dirs, allow_symlinks, max_chain_depth: the chain
+            policy, as for :func:`vhdcore.open`; a parent outside the
+            child's directory is refused unless its directory is allowed,
+            so the child made can be opened with the same options.
 
     Returns:
         :func:`vhdcore.info.describe` of the new child.
 
     Raises:
-        VHDError: the parent cannot be opened.
+        VHDError: the parent cannot be opened, or the child could not
+            open it (:class:`~vhdcore.errors.UnsafeParentError`).
         FileExistsError: ``child`` exists and ``overwrite`` is false.
     """
     if os.path.exists(child) and os.path.samefile(parent, child):
         raise FileExistsError(17, "a snapshot cannot replace its own parent", os.fspath(child))
-    with create(child, parent=parent, overwrite=overwrite) as image:
+    with create(child, parent=parent, overwrite=overwrite, allow_parent_dirs=allow_parent_dirs,
+                allow_symlinks=allow_symlinks, max_chain_depth=max_chain_depth) as image:
         return describe(image)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..constants import DEFAULT_BLOCK_SIZE
 from ..create import create
 from ..info import describe
-from ._common import add_json_flag, emit_json, size_argument
+from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, size_argument
 
 HELP = "create a new fixed, dynamic or differencing (--parent) VHD image"
 
@@ -21,6 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--parent", help="make a differencing image on top of PARENT")
     parser.add_argument("--force", action="store_true", help="replace an existing file")
     add_json_flag(parser)
+    add_chain_flags(parser)
 
 
 def run(args) -> int:
@@ -29,8 +30,8 @@ def run(args) -> int:
     if args.size is None and not args.parent:
         raise SystemExit("vhdcore create: SIZE is required without --parent")
     image = create(
-        args.image, args.size, type=args.type or "dynamic", block_size=args.block_size,
-        parent=args.parent, overwrite=args.force,
+        args.image, args.size, type=args.type, block_size=args.block_size,
+        parent=args.parent, overwrite=args.force, **chain_options(args),
     )
     with image:
         data = describe(image)

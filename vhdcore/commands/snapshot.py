@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..snapshot import snapshot
-from ._common import add_json_flag, emit_json
+from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
 
 HELP = "create an empty differencing image (a snapshot) on top of PARENT"
 
@@ -13,10 +13,11 @@ def add_arguments(parser):
     parser.add_argument("child", help="the new differencing image")
     parser.add_argument("--force", action="store_true", help="replace an existing CHILD file")
     add_json_flag(parser)
+    add_chain_flags(parser)
 
 
 def run(args) -> int:
-    data = snapshot(args.parent, args.child, overwrite=args.force)
+    data = snapshot(args.parent, args.child, overwrite=args.force, **chain_options(args))
     if args.json:
         emit_json(data)
     else:
