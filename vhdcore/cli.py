@@ -22,6 +22,7 @@ import importlib
 import os
 import pkgutil
 import sys
+import warnings
 
 from . import __version__, commands
 from .errors import VHDError
@@ -61,9 +62,34 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the process exit code."""
+    """Run the command line; returns the process exit code.
+
+    Ctrl-C at any point, the command's imports and argument parsing
+    included, is one line and exit 130, never a traceback. While it runs,
+    a warning (a damaged footer read through its copy, ...) prints as one
+    line ``vhdcore CMD: warning: MESSAGE`` instead of Python's
+    file-and-source-line form.
+    """
     if argv is None:
         argv = sys.argv[1:]
+    name = argv[0] if argv and not argv[0].startswith("-") else ""
+    prefix = f"vhdcore {name}".rstrip()
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}: warning: {message}", file=file or sys.stderr)
+
+    shown = warnings.showwarning
+    warnings.showwarning = show_warning
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(argv: list[str]) -> int:
     only = argv[0] if argv and argv[0] in command_names() else None
     args = build_parser(only).parse_args(argv)
     module = args._module
@@ -84,9 +110,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"vhdcore {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
         return error_exit
-    except KeyboardInterrupt:
-        print(f"vhdcore {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover
