@@ -269,7 +269,8 @@ def test_locator_sizes_cannot_drive_reads(tmp_path, field, value):
 
 
 def test_depth_31_chain_refused_by_default_and_allowed_on_request(tmp_path, cli):
-    # Build from the root up with the limit lifted (create reopens the chain).
+    # Build from the root up with the limit lifted (create refuses a child
+    # it could not open again under its own limit).
     previous = tmp_path / "d0.vhd"
     with vhdcore.create(previous, 16 * KiB, block_size=4 * KiB, timestamp=0) as image:
         image.write(0, b"root")
@@ -277,7 +278,7 @@ def test_depth_31_chain_refused_by_default_and_allowed_on_request(tmp_path, cli)
         path = tmp_path / f"d{level}.vhd"
         parent = vhdcore.open(previous, max_chain_depth=64)
         try:
-            with vhdcore.create(path, parent=parent, timestamp=0):
+            with vhdcore.create(path, parent=parent, timestamp=0, max_chain_depth=64):
                 pass
         except errors.LimitError:
             pytest.fail(f"create refused a parent at depth {level}")
@@ -336,18 +337,34 @@ def test_child_whose_only_locator_names_itself(tmp_path):
 
 def test_create_reopens_with_the_callers_chain_policy(tmp_path):
     """create() used to reopen the new child allowing only its parent's directory: a
-    grandparent elsewhere (allowed by the caller) made it fail, and leave the file."""
+    grandparent elsewhere (allowed by the caller) made it fail, and leave the file.
+    Now the caller's policy is the child's: a chain it would refuse is refused
+    before any file is made, and one it allows opens again with the same options."""
     for name in ("a", "b", "c"):
         (tmp_path / name).mkdir()
     with vhdcore.create(tmp_path / "a" / "base.vhd", 16 * KiB, block_size=4 * KiB) as base:
         base.write(0, b"base")
     parent = vhdcore.open(tmp_path / "a" / "base.vhd")
-    with vhdcore.create(tmp_path / "b" / "mid.vhd", parent=parent):
+    with pytest.raises(errors.UnsafeParentError, match="allow-parent-dir"):
+        vhdcore.create(tmp_path / "b" / "mid.vhd", parent=parent)
+    assert not (tmp_path / "b" / "mid.vhd").exists()
+    with vhdcore.create(tmp_path / "b" / "mid.vhd", parent=parent,
+                        allow_parent_dirs=[tmp_path / "a"]):
         pass
     parent.close()
+    both = [tmp_path / "a", tmp_path / "b"]
     with vhdcore.open(tmp_path / "b" / "mid.vhd", allow_parent_dirs=[tmp_path / "a"]) as mid:
-        with vhdcore.create(tmp_path / "c" / "leaf.vhd", parent=mid) as leaf:
+        with pytest.raises(errors.UnsafeParentError):
+            vhdcore.create(tmp_path / "c" / "leaf.vhd", parent=mid,
+                           allow_parent_dirs=[tmp_path / "a"])
+        assert not (tmp_path / "c" / "leaf.vhd").exists()
+        with vhdcore.create(tmp_path / "c" / "leaf.vhd", parent=mid,
+                            allow_parent_dirs=both) as leaf:
             assert leaf.read(0, 4) == b"base"
+    with pytest.raises(errors.UnsafeParentError):
+        vhdcore.open(tmp_path / "c" / "leaf.vhd")
+    with vhdcore.open(tmp_path / "c" / "leaf.vhd", allow_parent_dirs=both) as leaf:
+        assert leaf.read(0, 4) == b"base"
     with pytest.raises(errors.UnsafeParentError):
         vhdcore.open(tmp_path / "c" / "leaf.vhd")
     with vhdcore.open(tmp_path / "c" / "leaf.vhd",
