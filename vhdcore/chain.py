@@ -157,6 +157,9 @@ def screen_candidates(candidates, policy: ParentPolicy, tried: list, refused: li
 def open_parent(child, policy: ParentPolicy, *, depth=0, seen=None):
     """Open the parent of the differencing disk ``child`` read-only.
 
+    The parent of a child open for writing is opened with a shared lock
+    (and so are its own parents): see ``VHD._hold_parents``.
+
     Args:
         child: the opened child (a :class:`vhdcore.image.VHD`).
         policy: the chain's :class:`ParentPolicy` (from its leaf).
@@ -189,7 +192,9 @@ def open_parent(child, policy: ParentPolicy, *, depth=0, seen=None):
             raise ChainLoopError(
                 f"{child.path}: parent {path} is already part of this chain (a loop)"
             )
-        parent = type(child)(path, "r", _policy=policy, _depth=depth + 1, _seen=seen)
+        held = child._hold_parents
+        parent = type(child)(path, "r", consistent=held, _policy=policy, _depth=depth + 1,
+                             _seen=seen, _hold_parents=held)
         if parent.uuid != header.parent_uuid:
             parent.close()
             raise ParentMismatchError(

@@ -44,7 +44,8 @@ class ImageFile:
         self.fd = os.open(self.path, flags, 0o644)
         if writable and lock:
             self._lock(fcntl.LOCK_EX, "image is open for writing by another handle or process "
-                                      "(or being read by a conversion)")
+                                      "(or being read by a conversion, or the parent of an image "
+                                      "open for writing)")
         elif lock == "shared":
             self._lock(fcntl.LOCK_SH, "image is open for writing by another handle or process")
 

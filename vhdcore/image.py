@@ -108,7 +108,8 @@ class VHD:
 
     def __init__(self, path, mode="r", *, allow_parent_dirs=(), allow_symlinks=False,
                  max_chain_depth=None, parent_resolver=None, consistent=False,
-                 _policy=None, _depth=0, _seen=None):
+                 _policy=None, _depth=0, _seen=None, _hold_parents=False,
+                 _without_parent=False):
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', not {mode!r}")
         self.path = os.fspath(path)
@@ -120,12 +121,22 @@ class VHD:
         self._bat_numpy = None
         self._bitmaps = {}
         self._closed = False
+        # A writer's parents must not change under it (its data is only the
+        # difference from them): like qemu on backing files, it holds a
+        # shared lock on every parent, so opening one for writing elsewhere
+        # is refused with LockedError while the child is open "r+".
+        self._hold_parents = mode == "r+" or _hold_parents
         self._file = open_image_file(
             self.path, writable=(mode == "r+"), lock="shared" if consistent else True
         )
         try:
             self._load()
-            if self.footer.disk_type == DISK_DIFFERENCING:
+            # _without_parent (read-only, for `info` on a child whose parent
+            # is missing) leaves ``parent`` None: such a handle describes the
+            # child's own structures, but its reads would be wrong.
+            if self.footer.disk_type == DISK_DIFFERENCING and not (
+                _without_parent and mode == "r"
+            ):
                 if _policy is None:
                     _policy = chain.ParentPolicy.for_leaf(
                         self.path, allow_parent_dirs=allow_parent_dirs,
