@@ -16,8 +16,16 @@ def _timestamp(value: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def describe(image) -> dict:
-    """A JSON-ready description of an open image and its parent chain."""
+def describe(image, missing_parent: str | None = None) -> dict:
+    """A JSON-ready description of an open image and its parent chain.
+
+    Args:
+        image: the open image.
+        missing_parent: for a differencing child opened without its parent
+            (which could not be found), why: the chain then ends in an entry
+            for the parent with only the UUID the child records (filename,
+            type and size ``None``), and the reason joins the notes.
+    """
     footer = image.footer
     geometry = footer.geometry
     if image.block_count is None:
@@ -64,4 +72,10 @@ def describe(image) -> dict:
          "uuid": str(member.uuid), "virtual_size": member.virtual_size}
         for depth, member in enumerate(image.chain)
     ]
+    if missing_parent is not None:
+        data["chain"].append(
+            {"depth": len(data["chain"]), "filename": None, "type": None,
+             "uuid": data.get("parent_uuid"), "virtual_size": None}
+        )
+        data["notes"].append(missing_parent)
     return data

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
+from ..errors import ParentNotFoundError
+from ..image import VHD
 from ..image import open as open_image
 from ..info import describe
 from ..sizes import format_size
@@ -20,9 +24,26 @@ def _sized(value):
     return f"{format_size(value)} ({value} bytes)"
 
 
+def _open(args):
+    """``(image, why the parent is missing or None)``.
+
+    A child whose parent cannot be found is still described (its own
+    footer, header and table are readable): the parent's entry says it is
+    missing, a warning goes to stderr, and the exit code is 0, because
+    what info reports about the child is complete and true.
+    """
+    try:
+        return open_image(args.image, "r", **chain_options(args)), None
+    except ParentNotFoundError as exc:
+        image = VHD(args.image, "r", _without_parent=True)
+        print(f"vhdcore info: warning: {exc}", file=sys.stderr)
+        return image, str(exc)
+
+
 def run(args) -> int:
-    with open_image(args.image, "r", **chain_options(args)) as image:
-        data = describe(image)
+    image, missing = _open(args)
+    with image:
+        data = describe(image, missing_parent=missing)
     if args.json:
         emit_json(data)
         return 0
@@ -57,6 +78,9 @@ def run(args) -> int:
     if len(data["chain"]) > 1:
         lines.append("parent chain:")
         for member in data["chain"][1:]:
+            if member["filename"] is None:
+                lines.append(f"  {member['depth']}: missing ({member['uuid']})")
+                continue
             lines.append(
                 f"  {member['depth']}: {member['filename']} ({member['type']}, {member['uuid']})"
             )
