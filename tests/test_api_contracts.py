@@ -5,6 +5,7 @@ be opened again, parents locked while a child is written."""
 
 from __future__ import annotations
 
+import json
 import os
 import tracemalloc
 
@@ -217,3 +218,57 @@ def test_ctrl_c_while_the_command_loads_is_one_line(monkeypatch, capsys):
     shown = cli.warnings.showwarning
     assert cli.main(["info", "x.vhd"]) == 130
     assert cli.warnings.showwarning is shown  # put back after the run
+
+
+# -- a writer's parents are locked ------------------------------------------
+
+
+def test_parents_of_a_writer_cannot_be_opened_for_writing(tmp_path):
+    base = tmp_path / "base.vhd"
+    with vhdcore.create(base, MiB):
+        pass
+    snapshot(base, tmp_path / "s1.vhd")
+    snapshot(tmp_path / "s1.vhd", tmp_path / "s2.vhd")
+    with vhdcore.open(tmp_path / "s2.vhd", "r+") as leaf:
+        for member in (base, tmp_path / "s1.vhd"):
+            with pytest.raises(errors.LockedError, match=member.name):
+                vhdcore.open(member, "r+")
+            with vhdcore.open(member, consistent=True) as reader:  # readers still may
+                assert reader.read(0, 4) == bytes(4)
+        leaf.write(0, b"leaf")
+    with vhdcore.open(base, "r+"):
+        # A parent being written: a child cannot be opened for writing over it.
+        with pytest.raises(errors.LockedError, match="base.vhd"):
+            vhdcore.open(tmp_path / "s1.vhd", "r+")
+        with vhdcore.open(tmp_path / "s2.vhd") as plain:  # plain reads take no lock
+            assert plain.read(0, 4) == b"leaf"
+    with vhdcore.open(tmp_path / "s2.vhd"):
+        with vhdcore.open(base, "r+"):
+            pass
+
+
+# -- info on a child whose parent is missing ---------------------------------
+
+
+def test_info_describes_a_child_whose_parent_is_missing(tmp_path, cli):
+    base = tmp_path / "base.vhd"
+    with vhdcore.create(base, MiB):
+        pass
+    snapshot(base, tmp_path / "c.vhd")
+    os.unlink(base)
+    code, out, err = cli("info", tmp_path / "c.vhd")
+    assert code == 0
+    assert "type: differencing" in out and "1: missing (" in out
+    assert err.startswith("vhdcore info: warning: ") and "base.vhd" in err and "not found" in err
+    code, out, err = cli("info", tmp_path / "c.vhd", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["type"] == "differencing" and data["parent_name"] == "base.vhd"
+    assert data["chain"][1] == {"depth": 1, "filename": None, "type": None,
+                                "uuid": data["parent_uuid"], "virtual_size": None}
+    assert any("not found" in note for note in data["notes"])
+    # Commands that read the contents still refuse.
+    code, _out, err = cli("digest", tmp_path / "c.vhd")
+    assert code != 0 and "not found" in err
+    with pytest.raises(errors.ParentNotFoundError):
+        vhdcore.open(tmp_path / "c.vhd")
