@@ -806,6 +806,7 @@ class _Checker:
                 f"({end_of_data - size} bytes are missing, with the footer)",
                 offset=size,
             )
+            self._unaligned_size()
             return
         if end_of_data + FOOTER_SIZE < size:
             candidate_raw = self.read(end_of_data, FOOTER_SIZE, "footer")
@@ -922,6 +923,8 @@ class _Checker:
                 f"vhd-util and Hyper-V read only blocks of at most 2 MiB",
                 "warning", header_offset + 32, UnsupportedError,
             )
+        if block_ok and not table_ok:
+            self._stop_if_cut_in_table(header, header_problems)
         if not (block_ok and table_ok):
             self._place_primary(None)
             self.extend(header_problems)
@@ -983,6 +986,50 @@ class _Checker:
         self._check_leaks(header, header_offset, batmap, locators, table, span)
         if report.deep:
             self._check_deep(header, table)
+
+    def _stop_if_cut_in_table(self, header, header_problems) -> None:
+        """Report a file cut inside its block allocation table, and stop checking.
+
+        A table running past the end of the file is a header defect when
+        the primary footer stands at the end; when it is missing and the
+        copy at offset 0 is what describes the disk, the header is fine
+        and the file was cut short: the rest of the table, every block
+        and the footer are gone. Saying "the table runs past the footer"
+        (placing a footer after the end of the file) would misdirect, and
+        a footer written where the file ends would land on the table.
+        """
+        report, size = self.report, self.size
+        codes = {p.code for p in header_problems if p.is_error}
+        if self._pending_primary is None or "header.table_offset" in codes:
+            return
+        table_end = header.table_offset + batmod.bat_bytes(header.max_table_entries)
+        if header.table_offset >= size or table_end <= size:
+            return
+        self._pending_primary = None
+        report.footer_state = "truncated"
+        report.footer_offset = table_end
+        self.add(
+            "file.truncated",
+            f"file ends at {size:#x}, inside its block allocation table "
+            f"({header.table_offset:#x}-{table_end:#x}): {table_end - size} bytes of the table, "
+            f"every block after it and the footer are missing",
+            offset=size,
+        )
+        self._unaligned_size()
+        self.extend(p for p in header_problems if p.code != "header.table_size")
+        self.stop("the file ends inside its block allocation table")
+
+    def _unaligned_size(self) -> None:
+        """Report ``file.size`` (once) when the size is neither 0 nor 511 modulo 512."""
+        size = self.size
+        if size % SECTOR_SIZE in (0, LEGACY_FOOTER_SIZE):
+            return
+        if any(p.code == "file.size" for p in self.report.problems):
+            return
+        self.add(
+            "file.size", f"file size {size} is neither 0 nor 511 modulo 512",
+            offset=size, error=FormatError,
+        )
 
     def _data_limit(self) -> int:
         """Where the data area ends: the footer's offset, or EOF if not yet placed."""

@@ -52,6 +52,10 @@ def _member_lines(report) -> list:
         )
     if report.footer_offset is not None:
         footer = f"  footer: {report.footer_state} at {report.footer_offset:#x}"
+        if report.footer_offset >= report.file_size:
+            # Truncated: where the footer belongs lies past the end of the file.
+            footer = (f"  footer: missing (the file is cut at {report.file_size:#x}; "
+                      f"the footer belongs at {report.footer_offset:#x})")
         if report.copy_state is not None:
             footer += f"; copy at 0x0: {report.copy_state}"
         lines.append(footer)
