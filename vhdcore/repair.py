@@ -45,6 +45,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from .bat import bat_bytes
 from .check import CheckReport, check
 from .constants import (
     BAT_UNUSED,
@@ -294,6 +295,61 @@ class _Planner:
         else:
             self._plan_dynamic()
         self._skip_rest()
+        self._guard()
+
+    def _metadata_regions(self):
+        """``(start, end, name, phase)`` of the dynamic metadata check found, with
+        the phase of the one action kind allowed to rewrite each."""
+        before, header = self.before, self.before.header
+        if header is None or before.footer.disk_type == DISK_FIXED:
+            return []
+        at = before.footer.data_offset
+        regions = [
+            (0, FOOTER_SIZE, "footer copy", _PHASE_COPY),
+            (at, at + 1024, "dynamic header", _PHASE_HEADER),
+            (header.table_offset, header.table_offset + bat_bytes(header.max_table_entries),
+             "block allocation table", _PHASE_BAT),
+        ]
+        for index, locator in header.used_locators:
+            regions.append((locator.data_offset, locator.data_offset + locator.space_bytes,
+                            f"parent locator {index}", None))
+        return regions
+
+    def _guard(self) -> None:
+        """Refuse the whole plan if one action would make the image worse.
+
+        A write may only touch the structure it repairs: a footer written
+        over the table (or at an unaligned offset) or a cut inside the
+        metadata destroys what the image still had. The planner should
+        never produce one; this is the last line, so that a planning
+        mistake shows as "refused", never as damage.
+        """
+        regions = self._metadata_regions()
+        for action in self.report.actions:
+            problem = None
+            if action.kind == "write":
+                if action.phase == _PHASE_FOOTER and action.offset % SECTOR_SIZE:
+                    problem = f"writes a footer at the unaligned offset {action.offset:#x}"
+                for start, end, name, owner in regions:
+                    if problem is None and action.phase != owner and (
+                        action.offset < end and action.offset + action.length > start
+                    ):
+                        problem = (f"would write {action.length} bytes at {action.offset:#x} "
+                                   f"over the {name} ({start:#x}-{end:#x})")
+            else:
+                for start, end, name, _owner in regions:
+                    if problem is None and action.offset < end:
+                        problem = f"would cut the file at {action.offset:#x}, inside the {name}"
+            if problem is None:
+                continue
+            refused = self.report.actions
+            self.report.actions = []
+            reason = f"repair refused: it {problem}; nothing was changed"
+            for code in dict.fromkeys(code for a in refused for code in a.fixes):
+                self.skip(code, reason)
+            if not refused or not any(a.fixes for a in refused):
+                self.skip("repair.refused", reason)
+            return
 
     def _skip_rest(self) -> None:
         """Every error no action answers, with why."""
@@ -335,6 +391,16 @@ class _Planner:
 
     def _plan_dynamic(self) -> None:
         before = self.before
+        if before.footer_state == "truncated" and before.bat is None:
+            # check stopped inside the table: it could not even be read.
+            self.skip(
+                "file.truncated",
+                f"the file ends at {self.size:#x}, inside its block allocation "
+                f"table (which reaches {before.footer_offset:#x}): the rest of the table, the "
+                f"blocks and the footer are gone and cannot be rebuilt without guessing; "
+                f"restore the image from a backup",
+            )
+            return
         good = self._good_footer()
         if good is None:
             return
