@@ -13,7 +13,10 @@ import pytest
 
 import vhdcore
 from vhdcore import errors, samples
+from vhdcore import repair as repair_module
+from vhdcore.check import check
 from vhdcore.compact import compact
+from vhdcore.repair import repair
 from vhdcore.snapshot import snapshot
 
 MiB = 1024 * 1024
@@ -272,3 +275,55 @@ def test_info_describes_a_child_whose_parent_is_missing(tmp_path, cli):
     assert code != 0 and "not found" in err
     with pytest.raises(errors.ParentNotFoundError):
         vhdcore.open(tmp_path / "c.vhd")
+
+
+# -- a file cut inside its table: check says so, repair refuses ---------------
+
+
+def _cut_in_table(tmp_path):
+    path = tmp_path / "cut.vhd"
+    with vhdcore.create(path, 2 << 30, block_size=512 * 1024):
+        pass
+    os.truncate(path, 9000)  # the table runs from 0x600 to 0x4600
+    return path
+
+
+def test_check_reports_a_file_cut_inside_its_table(tmp_path, cli):
+    path = _cut_in_table(tmp_path)
+    report = check(path)
+    codes = {p.code for p in report.problems}
+    assert codes == {"file.truncated", "file.size"}, report.problems
+    truncated = next(p for p in report.problems if p.code == "file.truncated")
+    assert "0x2328" in truncated.message and "block allocation table" in truncated.message
+    assert report.footer_state == "truncated" and report.exit_code == 2
+    code, out, _err = cli("check", path)
+    assert code == 2 and "footer: missing (the file is cut at 0x2328" in out
+    assert "9512" not in out  # no imagined footer after the end of the file
+
+
+def test_repair_refuses_a_file_cut_inside_its_table_and_changes_nothing(tmp_path, cli):
+    path = _cut_in_table(tmp_path)
+    before = path.read_bytes()
+    for force in (False, True):
+        report = repair(path, force=force)
+        assert not report.actions and report.backup_path is None
+        reasons = dict(report.skipped)
+        assert "inside its block allocation table" in reasons["file.truncated"]
+        assert path.read_bytes() == before
+    code, out, _err = cli("repair", path)
+    assert code == 2 and "cannot be rebuilt" in out and path.read_bytes() == before
+
+
+def test_repair_guard_refuses_a_plan_that_writes_over_metadata(tmp_path, monkeypatch):
+    """Should planning ever aim the footer at the table, nothing is written."""
+    sample = samples.generate("footer_bad_checksum", tmp_path)
+    before = sample.path.read_bytes()
+    monkeypatch.setattr(repair_module._Planner, "_footer_target", lambda self: 0x600 + 40)
+    report = repair(sample.path)
+    assert not report.actions and sample.path.read_bytes() == before
+    reasons = " ".join(reason for _code, reason in report.skipped)
+    assert "repair refused" in reasons and "unaligned" in reasons
+    monkeypatch.setattr(repair_module._Planner, "_footer_target", lambda self: 0x600)
+    report = repair(sample.path)
+    assert not report.actions and sample.path.read_bytes() == before
+    assert "over the block allocation table" in " ".join(r for _c, r in report.skipped)
