@@ -23,6 +23,7 @@ import ctypes
 import importlib
 import inspect
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -404,6 +405,90 @@ def test_bat_extents_examples(kernels):
     assert kernels.bat_extents(np.full(3, UNUSED, np.uint32), 1, 22, 8, 512) == [(1, 22, -1)]
 
 
+def _columns(runs, third="q"):
+    """A list kernel's tuples as the three columns of its array variant."""
+    return (
+        array.array("q", [run[0] for run in runs]),
+        array.array("q", [run[1] for run in runs]),
+        array.array(third, [int(run[2]) for run in runs]),
+    )
+
+
+def _assert_columns(result, starts, lengths, states, third="B"):
+    assert type(result) is tuple and len(result) == 3
+    assert [column.typecode for column in result] == ["q", "q", third]
+    assert [column.tolist() for column in result] == [starts, lengths, states]
+
+
+BITMAP_CASES = [
+    # (bitmap, start_bit, bit_count, runs as (start, length, state) tuples)
+    (b"", 0, 0, []),
+    (b"\x01\x80", 16, 0, []),  # empty range at the end
+    (b"\x01\x80", 0, 16, [(0, 7, 0), (7, 2, 1), (9, 7, 0)]),
+    (b"\x01\x80", 8, 1, [(8, 1, 1)]),
+    (b"\xff" * 1000, 3, 7990, [(3, 7990, 1)]),  # all set, unaligned both ends
+    (bytes(1000), 0, 8000, [(0, 8000, 0)]),  # all clear
+    (bytes(1000), 7, 1, [(7, 1, 0)]),
+    (b"\xff" * 9 + b"\x00" * 9 + b"\xf0", 3, 149,
+     [(3, 69, 1), (72, 72, 0), (144, 4, 1), (148, 4, 0)]),
+    # Changes either side of and on the 64-bit word boundaries.
+    (bytes(8) + b"\x80" + bytes(7), 0, 128, [(0, 64, 0), (64, 1, 1), (65, 63, 0)]),
+    (bytes(7) + b"\x01" + bytes(8), 1, 126, [(1, 62, 0), (63, 1, 1), (64, 63, 0)]),
+    (b"\xff" * 8 + bytes(8), 63, 3, [(63, 1, 1), (64, 2, 0)]),
+    # Every bit its own run, an odd count from an odd start.
+    (b"\x55" * 20, 1, 157, [(bit, 1, bit % 2) for bit in range(1, 158)]),
+    (b"\xaa" * 3, 0, 17, [(bit, 1, 1 - bit % 2) for bit in range(17)]),
+]
+
+
+@pytest.mark.parametrize(
+    ("bitmap", "start", "count", "runs"), BITMAP_CASES, ids=[str(i) for i in range(len(BITMAP_CASES))]
+)
+def test_bitmap_runs_array_examples(kernels, bitmap, start, count, runs):
+    result = kernels.bitmap_runs_array(bitmap, start, count)
+    _assert_columns(result, *[[run[i] for run in runs] for i in range(3)])
+    # The same runs as the list kernel, whichever view of the bytes.
+    for view in (bytes, bytearray, memoryview, lambda d: np.frombuffer(d, np.uint8)):
+        assert kernels.bitmap_runs_array(view(bitmap), start, count) == _columns(
+            kernels.bitmap_runs(view(bitmap), start, count), "B"
+        )
+
+
+def test_bat_extents_array_examples(kernels):
+    bat = np.array([3, 11, UNUSED, UNUSED, 100], dtype=np.uint32)
+    _assert_columns(
+        kernels.bat_extents_array(bat, 0, 40, 8, 0),
+        [0, 16, 32], [16, 16, 8], [3 * 512, -1, 100 * 512], third="q",
+    )
+    apart = np.array([3, 12, UNUSED, UNUSED, 100], dtype=np.uint32)
+    _assert_columns(
+        kernels.bat_extents_array(apart, 5, 30, 8, 512),
+        [5, 8, 16, 32], [3, 8, 16, 3], [3 * 512 + 512 + 5 * 512, 12 * 512 + 512, -1, 100 * 512 + 512],
+        third="q",
+    )
+    _assert_columns(kernels.bat_extents_array(bat, 40, 0, 8, 0), [], [], [], third="q")
+    _assert_columns(kernels.bat_extents_array(np.zeros(0, np.uint32), 0, 0, 8, 0), [], [], [], "q")
+    _assert_columns(
+        kernels.bat_extents_array(np.full(3, UNUSED, np.uint32), 1, 22, 8, 512),
+        [1], [22], [-1], third="q",
+    )
+    # Odd block sizes, a range inside one block, and every block its own run.
+    for args in [(bat, 39, 1, 8, 0), (bat, 1, 38, 9 - 1, 512), (bat, 2, 5, 8, 0),
+                 (apart, 0, 45, 9, 0), (np.array([7, 1, 9], np.uint32), 0, 3, 1, 0)]:
+        assert kernels.bat_extents_array(*args) == _columns(kernels.bat_extents(*args))
+
+
+def test_array_variant_memory_follows_the_result(compiled):
+    """Columns hold exactly the runs found: a long range of one run costs one item each."""
+    one = array.array("q", [0])
+    starts, lengths, states = compiled.bitmap_runs_array(bytes(1 << 16), 0, 1 << 19)
+    assert len(starts) == 1 and sys.getsizeof(starts) == sys.getsizeof(one)
+    sectors, counts, offsets = compiled.bat_extents_array(
+        np.full(1 << 16, UNUSED, np.uint32), 0, 4096 << 16, 4096, 512
+    )
+    assert counts.tolist() == [4096 << 16] and sys.getsizeof(offsets) == sys.getsizeof(one)
+
+
 def test_bat_scan_examples(kernels):
     span = 512 + 4096
     bat = np.array([UNUSED, 10, 30, 10, 19, 40, UNUSED, 2], dtype=np.uint32)
@@ -505,6 +590,8 @@ HOSTILE = [
     ("bat_scan", lambda: (BAT.astype(np.int32), 512, 0, 0, 0), TypeError),
     ("bat_scan", lambda: (np.zeros((1, 3), np.uint32), 512, 0, 0, 0), ValueError),
 ]
+ARRAY_OF = {"bitmap_runs": "bitmap_runs_array", "bat_extents": "bat_extents_array"}
+HOSTILE += [(ARRAY_OF[name], make, error) for name, make, error in HOSTILE if name in ARRAY_OF]
 
 
 @pytest.mark.parametrize(
@@ -537,6 +624,9 @@ ODD_BUT_VALID = [
     ("bat_scan", lambda: (BAT, 512, 2**63, 2**64, 2**80)),
     ("bat_scan", lambda: (np.array([0, 0, UNUSED - 1], np.uint32), 1, 0, 0, 2**64)),
 ]
+# The array variants take the list kernels' arguments and must refuse the
+# same bad ones with the same exceptions.
+ODD_BUT_VALID += [(f"{name}_array", make) for name, make in ODD_BUT_VALID if name in ARRAY_OF]
 
 
 @pytest.mark.parametrize(
@@ -561,6 +651,20 @@ def test_compiled_error_messages_match(compiled, name, make_args, error):
         with pytest.raises(error) as info:
             getattr(module, name)(*make_args())
         messages.append(str(info.value))
+    assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "make_args", "error"),
+    [case for case in HOSTILE if case[0] in ARRAY_OF],
+    ids=[f"{name}-{i}" for i, (name, _, _) in enumerate(case for case in HOSTILE if case[0] in ARRAY_OF)],
+)
+def test_array_variants_refuse_what_the_list_kernels_refuse(kernels, name, make_args, error):
+    messages = []
+    for kernel in (name, ARRAY_OF[name]):
+        with pytest.raises(error) as info:
+            getattr(kernels, kernel)(*make_args())
+        messages.append((type(info.value), str(info.value)))
     assert messages[0] == messages[1]
 
 
@@ -595,6 +699,7 @@ def test_diff_bitmap_readers(compiled, data, view, st_data):
     count = st_data.draw(indices(room), label="bit_count")
     assert_twins_agree(compiled, "bitmap_count", lambda: (make(data), start, count))
     assert_twins_agree(compiled, "bitmap_runs", lambda: (make(data), start, count))
+    assert_twins_agree(compiled, "bitmap_runs_array", lambda: (make(data), start, count))
 
 
 @DIFF
@@ -646,6 +751,9 @@ def test_diff_bat_extents(compiled, bat, st_data):
     room = limit - first if isinstance(first, int) and 0 <= first <= limit else limit
     count = st_data.draw(indices(room), label="sector_count")
     assert_twins_agree(compiled, "bat_extents", lambda: (bat, first, count, per_block, bitmap))
+    assert_twins_agree(
+        compiled, "bat_extents_array", lambda: (bat, first, count, per_block, bitmap)
+    )
 
 
 @DIFF
@@ -670,6 +778,7 @@ def test_diff_bat_scan(compiled, bat, st_data):
 )
 def test_diff_bat_argument_types(compiled, bat, arguments):
     assert_twins_agree(compiled, "bat_extents", lambda: (bat, *arguments))
+    assert_twins_agree(compiled, "bat_extents_array", lambda: (bat, *arguments))
     assert_twins_agree(compiled, "bat_scan", lambda: (bat, *arguments))
 
 
@@ -696,6 +805,9 @@ def test_diff_large_buffers(compiled):
     runs = np.repeat(rng.integers(0, 2, 600), rng.integers(1, 300, 600))
     bitmap = np.packbits(runs).tobytes()
     assert_twins_agree(compiled, "bitmap_runs", lambda: (bitmap, 3, len(bitmap) * 8 - 3))
+    assert_twins_agree(compiled, "bitmap_runs_array", lambda: (bitmap, 3, len(bitmap) * 8 - 3))
+    # Random bits: a run boundary every other bit, several in most words.
+    assert_twins_agree(compiled, "bitmap_runs_array", lambda: (noise, 5, size * 8 - 12))
     assert_twins_agree(compiled, "bitmap_fill", lambda: (bytearray(noise), 13, size * 8 - 20, 1))
 
 
@@ -715,3 +827,9 @@ def test_diff_large_bat(compiled):
         assert_twins_agree(compiled, "bat_decode", lambda bat=bat: (bat.astype(">u4").tobytes(),))
         assert_twins_agree(compiled, "bat_encode", lambda bat=bat: (bat,))
         assert_twins_agree(compiled, "bat_extents", lambda bat=bat: (bat, 3, count * 8 - 5, 8, 512))
+        assert_twins_agree(
+            compiled, "bat_extents_array", lambda bat=bat: (bat, 3, count * 8 - 5, 8, 512)
+        )
+    # Blocks laid out one after another: one run over the whole table.
+    laid_out = (np.arange(count, dtype=np.uint32) * 8 + 100).astype(np.uint32)
+    assert_twins_agree(compiled, "bat_extents_array", lambda: (laid_out, 1, count * 8 - 2, 8, 0))

@@ -99,6 +99,18 @@ cdef Py_ssize_t c_bitmap_runs(const uint8_t* bitmap, Py_ssize_t start_bit,
                               Py_ssize_t end_bit, int64_t* bounds,
                               Py_ssize_t max_runs) noexcept nogil
 
+# How many runs c_bitmap_runs_array finds in [start_bit, end_bit) (0 if
+# empty): one, plus one per bit that differs from the bit before it.
+cdef Py_ssize_t c_bitmap_run_count(const uint8_t* bitmap, Py_ssize_t start_bit,
+                                   Py_ssize_t end_bit) noexcept nogil
+
+# All runs of [start_bit, end_bit) in columns: run i starts at starts[i] and
+# holds lengths[i] bits of value states[i] (0 or 1). Each column holds
+# c_bitmap_run_count(...) items; returns that count.
+cdef Py_ssize_t c_bitmap_runs_array(const uint8_t* bitmap, Py_ssize_t start_bit,
+                                    Py_ssize_t end_bit, int64_t* starts, int64_t* lengths,
+                                    uint8_t* states) noexcept nogil
+
 # Set (value true) or clear bits [start_bit, start_bit + bit_count).
 cdef void c_bitmap_fill(uint8_t* bitmap, Py_ssize_t start_bit, Py_ssize_t bit_count,
                         bint value) noexcept nogil
@@ -120,6 +132,19 @@ cdef Py_ssize_t c_bat_extents(const uint32_t* bat, int64_t first_sector,
                               int64_t end_sector, int64_t sectors_per_block,
                               int64_t bitmap_bytes, int64_t* runs,
                               Py_ssize_t max_runs) noexcept nogil
+
+# How many runs c_bat_extents_array writes for these arguments (same terms
+# as c_bat_extents).
+cdef Py_ssize_t c_bat_run_count(const uint32_t* bat, int64_t first_sector,
+                                int64_t end_sector, int64_t sectors_per_block,
+                                int64_t bitmap_bytes) noexcept nogil
+
+# All runs of c_bat_extents in columns (sectors[i], counts[i], offsets[i]),
+# each holding c_bat_run_count(...) items; returns that count.
+cdef Py_ssize_t c_bat_extents_array(const uint32_t* bat, int64_t first_sector,
+                                    int64_t end_sector, int64_t sectors_per_block,
+                                    int64_t bitmap_bytes, int64_t* sectors, int64_t* counts,
+                                    int64_t* offsets) noexcept nogil
 
 # Allocated entries of bat[0:n] sorted by (entry, index), with bad[i] set to
 # 1 for each index whose block [entry*512, entry*512 + span) starts before

@@ -24,10 +24,12 @@ __all__ = [  # noqa: RUF022 (the reference's order)
     "zero_chunks",
     "bitmap_count",
     "bitmap_runs",
+    "bitmap_runs_array",
     "bitmap_fill",
     "bat_decode",
     "bat_encode",
     "bat_extents",
+    "bat_extents_array",
     "bat_scan",
 ]
 
@@ -41,6 +43,9 @@ def bitmap_count(bitmap: Buffer, start_bit: SupportsIndex, bit_count: SupportsIn
 def bitmap_runs(
     bitmap: Buffer, start_bit: SupportsIndex, bit_count: SupportsIndex
 ) -> list[tuple[int, int, bool]]: ...
+def bitmap_runs_array(
+    bitmap: Buffer, start_bit: SupportsIndex, bit_count: SupportsIndex
+) -> tuple[array.array[int], array.array[int], array.array[int]]: ...
 def bitmap_fill(
     bitmap: Buffer, start_bit: SupportsIndex, bit_count: SupportsIndex, value: object
 ) -> None: ...
@@ -53,6 +58,13 @@ def bat_extents(
     sectors_per_block: SupportsIndex,
     bitmap_bytes: SupportsIndex,
 ) -> list[tuple[int, int, int]]: ...
+def bat_extents_array(
+    bat: Buffer,
+    first_sector: SupportsIndex,
+    sector_count: SupportsIndex,
+    sectors_per_block: SupportsIndex,
+    bitmap_bytes: SupportsIndex,
+) -> tuple[array.array[int], array.array[int], array.array[int]]: ...
 def bat_scan(
     bat: Buffer,
     block_bytes: SupportsIndex,

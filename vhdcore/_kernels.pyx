@@ -39,6 +39,7 @@ import array as _array_module
 #: numpy is imported inside the kernels that return numpy arrays, when first
 #: called (see _reference): opening and converting never need it.
 cdef array.array _INT64_TEMPLATE = _array_module.array("q")
+cdef array.array _UINT8_TEMPLATE = _array_module.array("B")
 
 from . import _reference
 
@@ -394,6 +395,75 @@ cdef Py_ssize_t c_bitmap_runs(const uint8_t* bitmap, Py_ssize_t start_bit,
     return runs
 
 
+cdef inline uint64_t _changes(const uint8_t* bitmap, Py_ssize_t byte, Py_ssize_t width,
+                              Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    # The `width` bytes (8 or 1) at `byte` as a big-endian word, left
+    # aligned, XORed with itself shifted one bit along (the bit before the
+    # word coming in at the top): bit k is set where bit 8 * byte + k
+    # differs from the bit before it. Only positions in [lo, hi) are kept;
+    # the word must hold one of them, so the shifts below stay under 64.
+    cdef uint64_t word, before, mask, ones = ~(<uint64_t>0)
+    cdef Py_ssize_t base = byte * 8, first_k = 0, end_k
+    if width == 8:
+        word = load_be64(bitmap + byte)
+    else:
+        word = <uint64_t>bitmap[byte] << 56
+    before = (bitmap[byte - 1] & 1) if byte > 0 else 0
+    if lo > base:
+        first_k = lo - base
+    end_k = min(hi - base, 8 * width)
+    mask = ones >> first_k
+    if end_k < 64:
+        mask &= ~(ones >> end_k)
+    return (word ^ ((word >> 1) | (before << 63))) & mask
+
+
+cdef Py_ssize_t c_bitmap_run_count(const uint8_t* bitmap, Py_ssize_t start_bit,
+                                   Py_ssize_t end_bit) noexcept nogil:
+    c_assert(start_bit >= 0)
+    if start_bit >= end_bit:
+        return 0
+    # One run, plus one per bit that differs from the bit before it.
+    cdef Py_ssize_t runs = 1, lo = start_bit + 1
+    cdef Py_ssize_t byte = lo >> 3, end_byte = ((end_bit - 1) >> 3) + 1, width
+    while lo < end_bit and byte < end_byte:
+        width = 8 if byte + 8 <= end_byte else 1
+        runs += vhd_popcount64(_changes(bitmap, byte, width, lo, end_bit))
+        byte += width
+    return runs
+
+
+cdef Py_ssize_t c_bitmap_runs_array(const uint8_t* bitmap, Py_ssize_t start_bit,
+                                    Py_ssize_t end_bit, int64_t* starts, int64_t* lengths,
+                                    uint8_t* states) noexcept nogil:
+    c_assert(start_bit >= 0)
+    if start_bit >= end_bit:
+        return 0
+    # Walk the set bits of each word of changes (the run boundaries) with
+    # clz: a random bitmap changes every other bit, so finding each change
+    # by scanning from the last one would cost a scan per run.
+    cdef uint8_t value = (bitmap[start_bit >> 3] >> (7 - (start_bit & 7))) & 1
+    cdef Py_ssize_t runs = 1, lo = start_bit + 1, position, k
+    cdef Py_ssize_t byte = lo >> 3, end_byte = ((end_bit - 1) >> 3) + 1, width
+    cdef uint64_t changes
+    starts[0] = start_bit
+    states[0] = value
+    while lo < end_bit and byte < end_byte:
+        width = 8 if byte + 8 <= end_byte else 1
+        changes = _changes(bitmap, byte, width, lo, end_bit)
+        while changes:
+            k = vhd_clz64(changes)
+            changes ^= (<uint64_t>1 << 63) >> k
+            position = byte * 8 + k
+            lengths[runs - 1] = position - starts[runs - 1]
+            starts[runs] = position
+            value ^= 1
+            states[runs] = value
+            runs += 1
+        byte += width
+    lengths[runs - 1] = end_bit - starts[runs - 1]
+    return runs
+
 cdef void c_bitmap_fill(uint8_t* bitmap, Py_ssize_t start_bit, Py_ssize_t bit_count,
                         bint value) noexcept nogil:
     c_assert(start_bit >= 0 and bit_count >= 0)
@@ -472,6 +542,69 @@ cdef Py_ssize_t c_bat_extents(const uint32_t* bat, int64_t first_sector,
         within = 0
     return count
 
+
+cdef inline int64_t _block_offset(const uint32_t* bat, int64_t block, int64_t within,
+                                  int64_t bitmap_bytes) noexcept nogil:
+    # File offset of sector `within` of `block`, or -1 if unallocated.
+    cdef uint32_t entry = _entry(bat, block)
+    if entry == BAT_UNUSED:
+        return -1
+    return entry * SECTOR + bitmap_bytes + within * SECTOR
+
+
+cdef Py_ssize_t c_bat_run_count(const uint32_t* bat, int64_t first_sector,
+                                int64_t end_sector, int64_t sectors_per_block,
+                                int64_t bitmap_bytes) noexcept nogil:
+    # How many runs c_bat_extents_array writes for these arguments: the
+    # same walk, keeping only where the previous run ends in the file.
+    c_assert(first_sector >= 0 and sectors_per_block > 0)
+    cdef Py_ssize_t count = 0
+    cdef int64_t sector = first_sector, length, offset, last_end = -2
+    cdef int64_t block = first_sector // sectors_per_block
+    cdef int64_t within = first_sector - block * sectors_per_block
+    while sector < end_sector:
+        length = min(sectors_per_block - within, end_sector - sector)
+        offset = _block_offset(bat, block, within, bitmap_bytes)
+        # last_end is -1 after an unallocated run, -2 before the first.
+        if offset == -1:
+            if last_end != -1:
+                count += 1
+            last_end = -1
+        else:
+            if offset != last_end:
+                count += 1
+            last_end = offset + length * SECTOR
+        sector += length
+        block += 1
+        within = 0
+    return count
+
+
+cdef Py_ssize_t c_bat_extents_array(const uint32_t* bat, int64_t first_sector,
+                                    int64_t end_sector, int64_t sectors_per_block,
+                                    int64_t bitmap_bytes, int64_t* sectors, int64_t* counts,
+                                    int64_t* offsets) noexcept nogil:
+    # c_bat_extents with the three fields in three columns, all in one call.
+    c_assert(first_sector >= 0 and sectors_per_block > 0)
+    cdef Py_ssize_t count = 0
+    cdef int64_t sector = first_sector, length, offset, last_end = -2
+    cdef int64_t block = first_sector // sectors_per_block
+    cdef int64_t within = first_sector - block * sectors_per_block
+    while sector < end_sector:
+        length = min(sectors_per_block - within, end_sector - sector)
+        offset = _block_offset(bat, block, within, bitmap_bytes)
+        if (offset == -1 and last_end == -1) or (offset != -1 and offset == last_end):
+            counts[count - 1] += length
+        else:
+            sectors[count] = sector
+            counts[count] = length
+            offsets[count] = offset
+            count += 1
+        last_end = -1 if offset == -1 else offset + length * SECTOR
+        sector += length
+        block += 1
+        within = 0
+    return count
 
 cdef void _radix_pass(const uint32_t* bat, const uint32_t* src, uint32_t* dst,
                       Py_ssize_t m, int shift, uint32_t mask,
@@ -723,6 +856,49 @@ def bitmap_runs(bitmap, start_bit, bit_count):
         PyBuffer_Release(&view)
 
 
+cdef tuple _columns(Py_ssize_t count, array.array third_template):
+    """Three uninitialised columns of ``count`` items: int64, int64 and the template's type."""
+    return (array.clone(_INT64_TEMPLATE, count, zero=False),
+            array.clone(_INT64_TEMPLATE, count, zero=False),
+            array.clone(third_template, count, zero=False))
+
+
+def bitmap_runs_array(bitmap, start_bit, bit_count):
+    """Compiled twin of `_reference.bitmap_runs_array`."""
+    cdef Py_buffer view
+    cdef Py_ssize_t first, count, end, runs
+    cdef const uint8_t* p
+    cdef array.array starts, lengths, states
+    cdef int64_t* starts_p
+    cdef int64_t* lengths_p
+    cdef uint8_t* states_p
+    _acquire_bytes(bitmap, &view, "bitmap")
+    try:
+        # "bitmap_runs" in messages: the reference raises from there.
+        _bitmap_args(&view, start_bit, bit_count, "bitmap_runs", &first, &count)
+        p = <const uint8_t*>view.buf
+        end = first + count
+        # Two passes: count the runs (a popcount of the changes, a small
+        # share of the time), then fill columns of exactly that size, so
+        # memory is the result's and no more.
+        if count // 8 < NOGIL_BYTES:
+            runs = c_bitmap_run_count(p, first, end)
+        else:
+            with nogil:
+                runs = c_bitmap_run_count(p, first, end)
+        starts, lengths, states = _columns(runs, _UINT8_TEMPLATE)
+        starts_p = <int64_t*>starts.data.as_longlongs
+        lengths_p = <int64_t*>lengths.data.as_longlongs
+        states_p = states.data.as_uchars
+        if count // 8 < NOGIL_BYTES:
+            c_bitmap_runs_array(p, first, end, starts_p, lengths_p, states_p)
+        else:
+            with nogil:
+                c_bitmap_runs_array(p, first, end, starts_p, lengths_p, states_p)
+        return starts, lengths, states
+    finally:
+        PyBuffer_Release(&view)
+
 def bitmap_fill(bitmap, start_bit, bit_count, value):
     """Compiled twin of `_reference.bitmap_fill`."""
     cdef Py_buffer view
@@ -841,6 +1017,65 @@ def bat_extents(bat, first_sector, sector_count, sectors_per_block, bitmap_bytes
     finally:
         PyBuffer_Release(&view)
 
+
+def bat_extents_array(bat, first_sector, sector_count, sectors_per_block, bitmap_bytes):
+    """Compiled twin of `_reference.bat_extents_array`."""
+    cdef Py_buffer view
+    cdef int64_t first, count, per_block, bitmap, entries, end
+    cdef Py_ssize_t runs
+    cdef const uint32_t* table
+    cdef array.array sectors, counts, offsets
+    cdef int64_t* sectors_p
+    cdef int64_t* counts_p
+    cdef int64_t* offsets_p
+    cdef bint release
+    _acquire_uint32(bat, &view)
+    try:
+        # The checks of bat_extents, in its order and with its messages.
+        first_sector = _index(first_sector, "first_sector")
+        sector_count = _index(sector_count, "sector_count")
+        sectors_per_block = _index(sectors_per_block, "sectors_per_block")
+        bitmap_bytes = _index(bitmap_bytes, "bitmap_bytes")
+        first = _saturate(first_sector)
+        count = _saturate(sector_count)
+        per_block = _saturate(sectors_per_block)
+        bitmap = _saturate(bitmap_bytes)
+        entries = view.len // 4
+        if per_block <= 0:
+            raise ValueError(f"sectors_per_block must be positive, not {sectors_per_block}")
+        if bitmap < 0:
+            raise ValueError(f"bitmap_bytes must not be negative, not {bitmap_bytes}")
+        if per_block > (1 << 31) or bitmap > (1 << 40) or entries > (1 << 31):
+            # Sizes no VHD has: the twin does them with Python ints (and
+            # raises its OverflowError where an offset leaves int64).
+            return _reference.bat_extents_array(
+                bat, first_sector, sector_count, sectors_per_block, bitmap_bytes
+            )
+        _check_range(first, count, entries * per_block, first_sector, sector_count,
+                     "bat_extents")
+        end = first + count
+        table = <const uint32_t*>view.buf
+        # Two passes, as in bitmap_runs_array: count, then fill exactly.
+        release = count // per_block >= NOGIL_BYTES // 4
+        if release:
+            with nogil:
+                runs = c_bat_run_count(table, first, end, per_block, bitmap)
+        else:
+            runs = c_bat_run_count(table, first, end, per_block, bitmap)
+        sectors, counts, offsets = _columns(runs, _INT64_TEMPLATE)
+        sectors_p = <int64_t*>sectors.data.as_longlongs
+        counts_p = <int64_t*>counts.data.as_longlongs
+        offsets_p = <int64_t*>offsets.data.as_longlongs
+        if release:
+            with nogil:
+                c_bat_extents_array(table, first, end, per_block, bitmap,
+                                    sectors_p, counts_p, offsets_p)
+        else:
+            c_bat_extents_array(table, first, end, per_block, bitmap,
+                                sectors_p, counts_p, offsets_p)
+        return sectors, counts, offsets
+    finally:
+        PyBuffer_Release(&view)
 
 cdef object _flagged(const uint8_t* flags, Py_ssize_t n):
     """``array("q")`` of the indices of the non-zero bytes of ``flags``, ascending."""
