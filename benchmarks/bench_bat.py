@@ -5,7 +5,8 @@ all over its disk): every allocated block is its own run for bat_extents,
 and bat_scan has a million-entry sort to do. bat_extents is also timed on
 a sparse table (1/16 of the blocks, in clusters of 64), where far fewer
 runs come out; its cost is dominated by building the result tuples, so
-the number of runs decides the ratio.
+the number of runs decides the ratio. bat_extents_array returns the same
+runs as three int64 columns, so only the walk and the merging are left.
 """
 
 from __future__ import annotations
@@ -94,6 +95,39 @@ def test_bat_extents(measure, twins, payloads, size, row, kind):
     function = twins[kind].bat_extents
     measure(
         "bat_extents",
+        size,
+        row,
+        kind,
+        function,
+        bat,
+        0,
+        BAT_ENTRIES * SECTORS_PER_BLOCK,
+        SECTORS_PER_BLOCK,
+        BITMAP_BYTES,
+    )
+
+
+EXTENT_ARRAY_ROWS = [
+    ("compiled", "compiled"),
+    ("reference", "reference"),
+    ("bat_extents, compiled (list of tuples)", "baseline"),
+]
+
+
+@pytest.mark.kernel_table(EXTENT_ARRAY_ROWS, sizes=("BAT1M", "BAT1M-sparse"))
+def test_bat_extents_array(measure, twins, payloads, size, row, kind):
+    bat = (
+        payloads.bat(BAT_ENTRIES, 1 / 16, 64)
+        if size.endswith("sparse")
+        else payloads.bat(BAT_ENTRIES)
+    )
+    function = {
+        "compiled": twins["compiled"].bat_extents_array,
+        "reference": twins["reference"].bat_extents_array,
+        "bat_extents, compiled (list of tuples)": twins["compiled"].bat_extents,
+    }[row]
+    measure(
+        "bat_extents_array",
         size,
         row,
         kind,

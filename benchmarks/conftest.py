@@ -110,6 +110,16 @@ class Payloads:
             lambda: self._rng.integers(0, 256, SIZES[size], dtype=np.uint8).tobytes(),
         )
 
+    def random_bitmap(self, size: str) -> bytes:
+        """Uniformly random bytes of a ``"<n>KiB-random"`` size: a run boundary
+        every other bit, the worst case for the run kernels."""
+        nbytes = int(size.split("KiB")[0]) * KiB
+        # Its own generator, so adding it changed no other payload.
+        rng = np.random.default_rng(nbytes)
+        return self._get(
+            ("random", size), lambda: rng.integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+        )
+
     def runs_bitmap(self, size: str) -> bytes:
         """A sector bitmap of alternating runs, 1 to 255 bits long (mean 128).
 
