@@ -63,6 +63,42 @@ from .problems import raise_for
 
 _ZERO_CHUNK = bytes(1 << 20)
 
+#: Builds an Extent without the Python frame of its __new__ (what _make does).
+_tuple_new = tuple.__new__
+
+
+def _runs_into(out, start, end, sectors, counts, file_offsets, state, depth):
+    """Append the runs of ``bat_extents_array`` for an image without a parent.
+
+    The kernel merged every pair of runs that continue each other, so each
+    run is one extent: only the first can merge into ``out``, and only the
+    first and last can stick out of ``[start, end)`` (the kernel was asked
+    for whole sectors). The rest are built in one comprehension, without
+    ``Extent.__new__``'s Python frame or ``append_extent``: that halves the
+    time of a whole-image map of a fragmented disk.
+    """
+    if not sectors:
+        return
+    extents = [
+        _tuple_new(Extent, (sector * SECTOR_SIZE, count * SECTOR_SIZE, state, depth, file_offset))
+        if file_offset >= 0
+        else _tuple_new(Extent, (sector * SECTOR_SIZE, count * SECTOR_SIZE, ZERO, -1, -1))
+        for sector, count, file_offset in zip(sectors, counts, file_offsets)
+    ]
+    head = extents[0]
+    if head.offset < start:
+        skip = start - head.offset
+        extents[0] = head = head._replace(
+            offset=start,
+            length=head.length - skip,
+            file_offset=head.file_offset + skip if head.file_offset >= 0 else -1,
+        )
+    tail = extents[-1]
+    if tail.end > end:
+        extents[-1] = tail._replace(length=end - tail.offset)
+    append_extent(out, extents[0])
+    out.extend(extents[1:])
+
 
 class VHDWarning(UserWarning):
     """Something about an image that a user should know but that does not stop reading."""
@@ -467,21 +503,22 @@ class VHD:
             return
         first = offset // SECTOR_SIZE
         last = (offset + length + SECTOR_SIZE - 1) // SECTOR_SIZE
-        runs = kernels.bat_extents(
+        # Columns, not a tuple per run: a whole-image map of a fragmented
+        # disk has a run per block, up to a million of them.
+        sectors, counts, file_offsets = kernels.bat_extents_array(
             self._bat_table, first, last - first, self._sectors_per_block, self._bitmap_bytes
         )
         end = offset + length
-        for sector, count, file_offset in runs:
+        if self.parent is None:
+            _runs_into(out, offset, end, sectors, counts, file_offsets, state, depth)
+            return
+        for sector, count, file_offset in zip(sectors, counts, file_offsets):
             run_start = max(sector * SECTOR_SIZE, offset)
             run_end = min((sector + count) * SECTOR_SIZE, end)
             if run_end <= run_start:
                 continue
-            skip = run_start - sector * SECTOR_SIZE
             if file_offset < 0:
                 self._unallocated_into(out, run_start, run_end - run_start, depth)
-            elif self.parent is None:
-                append_extent(out, Extent(run_start, run_end - run_start, state, depth,
-                                          file_offset + skip))
             else:
                 self._bitmap_extents_into(out, run_start, run_end, depth)
 
