@@ -55,7 +55,7 @@ from .constants import (
     SECTOR_SIZE,
 )
 from .digest import Hasher
-from .errors import ConversionError, LimitError, LockedError, UnsupportedError
+from .errors import ConversionError, LimitError, LockedError, UnsupportedError, storage_error
 from .fileio import open_image_file
 from .progress import Progress
 from .rawimage import StreamWriter
@@ -289,16 +289,19 @@ def _check_destination(dst: str, source, force: bool) -> None:
 
 def _place(tmp: str, dst: str, force: bool, durable: bool = True) -> None:
     """Move the finished temporary file to ``dst``; ``durable`` fsyncs the directory."""
-    if force:
-        os.replace(tmp, dst)
-    else:
-        try:
-            os.link(tmp, dst)
-        except FileExistsError:
-            raise ConversionError(
-                f"{dst}: destination appeared during the conversion; use --force to replace it"
-            ) from None
-        os.unlink(tmp)
+    try:
+        if force:
+            os.replace(tmp, dst)
+        else:
+            try:
+                os.link(tmp, dst)
+            except FileExistsError:
+                raise ConversionError(
+                    f"{dst}: destination appeared during the conversion; use --force to replace it"
+                ) from None
+            os.unlink(tmp)
+    except OSError as exc:
+        raise storage_error(exc, dst, "cannot put the finished image in place") from exc
     if not durable:
         return
     directory = os.path.dirname(os.path.abspath(dst))
@@ -423,7 +426,8 @@ def convert(
             for stale in remove_stale_temps(dst):
                 notes.append(f"removed {stale}, left by an interrupted conversion")
             tmp = _temp_name(dst)
-            out = open_image_file(tmp, writable=True, create=True)
+            # Errors name dst: the temporary file is ours, not the user's.
+            out = open_image_file(tmp, writable=True, create=True, name=dst)
             try:
                 job.write_behind = fsync
                 _run(source, out, job, result)
