@@ -340,8 +340,9 @@ def convert(
             whole chain), ``"-"`` for stdin, an open
             :class:`vhdcore.image.VHD`, or a :class:`vhdcore.sources.Source`.
         dst: the output path, or ``"-"`` for stdout.
-        src_format: ``"raw"`` or ``"vhd"``; detected from the footer when
-            ``None`` (``"raw"`` never probes).
+        src_format: ``"raw"`` or ``"vhd"`` (or qemu's ``"vpc"``); detected
+            from the footer when ``None``, refusing other formats (qcow2,
+            VHDX, VMDK, VDI, QED) by their magic (``"raw"`` never probes).
         out_format: ``"raw"``, ``"fixed"`` or ``"dynamic"``; by default
             ``fixed`` for ``azure``, ``dynamic`` when ``dst`` ends in
             ``.vhd``, else ``raw``.
@@ -368,7 +369,9 @@ def convert(
             that cannot be streamed) or failed; no destination was created.
         LimitError: the disk is too large for the output format.
         VHDError: the source is not a usable image.
-        OSError: a file could not be read or written.
+        ForeignFormatError: the source is another format's image.
+        StorageError: a file could not be read or written (a full disk,
+            ...); the message names the destination, not its temporary file.
     """
     started = time.monotonic()
     fmt = output_format_for(dst, out_format, azure)

@@ -126,6 +126,4 @@ def storage_error(exc: OSError, name, action: str) -> OSError:
     if isinstance(exc, VHDError):
         return exc
     reason = exc.strerror or str(exc) or type(exc).__name__
-    if reason[:1].isupper() and reason[1:2].islower():
-        reason = reason[0].lower() + reason[1:]
     return StorageError(f"{name}: {action}: {reason}", exc.errno, str(name), exc.strerror)

@@ -103,6 +103,14 @@ def identify(head: bytes) -> Optional[Found]:
     return None
 
 
+def near_cookie(data: bytes, cookie: bytes = b"conectix", slack: int = 2) -> bool:
+    """``data`` is ``cookie`` with at most ``slack`` bytes wrong: a damaged VHD
+    structure rather than no VHD at all."""
+    if len(data) < len(cookie):
+        return False
+    return sum(a != b for a, b in zip(data, cookie)) <= slack
+
+
 def read_head(path) -> bytes:
     """The first :data:`HEAD_SIZE` bytes of ``path`` (fewer if it is shorter)."""
     with open(os.fspath(path), "rb") as handle:
@@ -143,5 +151,5 @@ def not_vhd_error(name, head: bytes, raw_hint: bool = False) -> NotVHDError:
     return NotVHDError(message)
 
 
-__all__ = ["Found", "HEAD_SIZE", "PROBES", "foreign_error", "identify", "not_vhd_error",
-           "read_head"]
+__all__ = ["Found", "HEAD_SIZE", "PROBES", "foreign_error", "identify", "near_cookie",
+           "not_vhd_error", "read_head"]
