@@ -435,7 +435,11 @@ class VHD:
                     return length
             elif self.parent is None:
                 start = entry * SECTOR_SIZE + self._bitmap_bytes + within
-                if os.preadv(self._file.fd, [view], start) != length:
+                try:
+                    got = os.preadv(self._file.fd, [view], start)
+                except OSError:
+                    got = -1  # the careful path below retries, and names the file if it fails
+                if got != length:
                     self._file.preadinto(start, view)
                 return length
         self._readinto_slow(offset, view)

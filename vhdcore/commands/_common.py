@@ -29,6 +29,17 @@ def add_format_flag(parser: argparse.ArgumentParser,
     parser.add_argument("-f", "--format", dest="src_format", choices=INPUT_FORMATS, help=help)
 
 
+def add_vhd_format_flag(parser: argparse.ArgumentParser) -> None:
+    """``-f vhd|vpc`` for commands that read only VHDs, as ``qemu-img check -f vpc`` is typed.
+
+    Nothing to choose: a file that is not a VHD is refused by name either way.
+    """
+    parser.add_argument(
+        "-f", "--format", dest="src_format", choices=("vhd", "vpc"),
+        help="the image format: vhd (qemu's vpc), the only one this command reads",
+    )
+
+
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     """Add the ``--json`` flag every reporting command carries."""
     parser.add_argument(
