@@ -95,7 +95,8 @@ MESSAGES = {
     "file_size_unaligned": "file size 4197988 is neither 0 nor 511 modulo 512",
     "truncated_file": "file ends at 0x300c00, but its metadata and blocks reach 0x400c00",
     "file_too_small": "file of 100 bytes is too small",
-    "not_a_vhd": "not_a_vhd.vhd: not a VHD (no footer cookie at the end of the file or at offset 0)",
+    "not_a_vhd": "not_a_vhd.vhd: not a VHD (no footer cookie at the end of the file or at "
+                 "offset 0)",
     "data_under_clear_bits": "holds data in 8 sectors whose bitmap bit is clear "
                              "(first: sector 1024, at 0x280c00)",
     "stale_data_differencing": "reads come from the parent there",

@@ -25,7 +25,7 @@ def add_format_flag(parser: argparse.ArgumentParser,
                     help: str = "image format: raw, or vhd (qemu's vpc); default: detected "
                                 "from the footer, and other formats (qcow2, VHDX, VMDK, VDI, "
                                 "QED) are refused by their magic") -> None:
-    """Add ``-f/--format raw|vhd|vpc`` (stored as ``src_format``) for commands that read any image."""
+    """Add ``-f/--format raw|vhd|vpc`` (as ``src_format``) for commands that read any image."""
     parser.add_argument("-f", "--format", dest="src_format", choices=INPUT_FORMATS, help=help)
 
 
