@@ -440,7 +440,8 @@ def _check_member(path, *, parents, deep, policy, now, depth, seen) -> CheckRepo
         except (OSError, NotVHDError) as exc:
             report.problems.append(Problem(
                 "parent.unreadable",
-                f"{path}: parent {parent_path} cannot be read: {exc.strerror or exc}",
+                f"{path}: parent {parent_path} cannot be read: "
+                f"{getattr(exc, 'strerror', None) or exc}",
                 "error", None, ParentNotFoundError,
             ))
         else:
