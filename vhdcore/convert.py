@@ -284,7 +284,9 @@ def _check_destination(dst: str, source, force: bool) -> None:
     if not force:
         raise ConversionError(f"{dst}: destination exists; use --force to replace it")
     if not os.path.isfile(dst) or os.path.islink(dst):
-        raise ConversionError(f"{dst}: destination is not a regular file; refusing to replace it")
+        what = "a directory" if os.path.isdir(dst) and not os.path.islink(dst) else (
+            "not a regular file")
+        raise ConversionError(f"{dst}: destination is {what}; refusing to replace it")
 
 
 def _place(tmp: str, dst: str, force: bool, durable: bool = True) -> None:
