@@ -241,3 +241,32 @@ def test_storage_error_pickles_and_keeps_oserror_fields():
     assert again.errno == errno.ENOSPC and again.filename == "disk.vhd"
     # A VHDError passes through unchanged: it named its file when it was made.
     assert storage_error(error, "other", "x") is error
+
+
+def _fill(directory):
+    """Fill the file system holding ``directory`` to the last byte."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        size = 64 << 10
+        while size:
+            try:
+                os.write(fd, bytes(size))
+            except OSError:
+                size //= 2
+    finally:
+        os.close(fd)
+
+
+def test_repair_with_no_room_for_its_backup_names_it_and_changes_nothing(full_fs, cli):
+    from vhdcore import samples
+
+    sample = samples.generate("footer_bad_checksum", full_fs)
+    before = sample.path.read_bytes()
+    _fill(full_fs)
+    code, _out, err = cli("repair", sample.path)
+    assert code == 1
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{sample.path}.repair-backup-" in err and "cannot " in err, err
+    assert "the image was not changed" in err and "No space left on device" in err
+    assert sample.path.read_bytes() == before
+    assert not [n for n in os.listdir(full_fs) if "repair-backup" in n]
