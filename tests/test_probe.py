@@ -262,3 +262,28 @@ def test_json_check_of_foreign_prints_nothing_on_stdout(tmp_path, cli_process):
     result = cli_process("check", "--json", path)
     assert result.returncode == 1 and result.stdout == b""
     assert b"is a qcow2 image" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_dynamic_vhd_with_both_footers_gone_is_still_a_vhd(tmp_path, cli):
+    """The dynamic header at 512 is a sign of a VHD: corrupt (2), not "not a VHD" (1)."""
+    path = tmp_path / "dyn.vhd"
+    vhdcore.create(path, 4 * MiB).close()
+    data = bytearray(path.read_bytes())
+    data[:512] = bytes(512)
+    data[-512:] = bytes(512)
+    path.write_bytes(bytes(data))
+    code, out, _err = cli("check", path)
+    assert code == 2 and "footer" in out
+    with pytest.raises(vhdcore.VHDError) as caught:
+        vhdcore.open(path)
+    assert not isinstance(caught.value, NotVHDError)
+
+
+def test_shows_vhd_signs():
+    zeros = bytes(1024)
+    assert not probe.shows_vhd(zeros, [bytes(512), bytes(511)])
+    assert probe.shows_vhd(b"conectix" + zeros, [])
+    assert probe.shows_vhd(zeros, [b"conectiX" + bytes(504)])  # one byte off
+    assert not probe.shows_vhd(zeros, [b"connecticut!" + bytes(500)])
+    assert probe.shows_vhd(bytes(512) + b"cxsparse" + zeros, [bytes(512)])
+    assert probe.shows_vhd(zeros, [b"\xc7" * 512, b"\xc7" * 511])

@@ -676,10 +676,8 @@ class _Checker:
     def _refuse_if_not_vhd(self) -> None:
         """Raise :class:`NotVHDError` when nothing in the file belongs to a VHD.
 
-        Signs of a VHD, even a damaged one: a footer cookie (or one a byte
-        or two off) at the end or at offset 0, a footer killed by tapdisk,
-        a dynamic header cookie at 512. Without any, the file is a raw disk
-        or another format's image: "could not check", not "corrupt".
+        A raw disk or another format's image is "could not check", not
+        "corrupt"; :func:`vhdcore.probe.shows_vhd` lists what counts as a sign.
         """
         size = self.size
         head = self.read(0, min(size, probe.HEAD_SIZE), "start")
@@ -687,13 +685,8 @@ class _Checker:
             self.read(size - length, length, "footer")
             for length in (FOOTER_SIZE, LEGACY_FOOTER_SIZE) if size >= length
         ]
-        if probe.near_cookie(head[:8]) or any(probe.near_cookie(t[:8]) for t in tails):
-            return
-        if probe.near_cookie(head[FOOTER_SIZE : FOOTER_SIZE + 8], DYNAMIC_COOKIE):
-            return
-        if tails and _is_all(tails[0], _KILLED_BYTE):
-            return
-        raise probe.not_vhd_error(self.path, head)
+        if not probe.shows_vhd(head, tails):
+            raise probe.not_vhd_error(self.path, head)
 
     def _report_bad_primary(self, primary, offset, cookie_ok, problems, raw) -> None:
         """The last sector is not a good footer: say what it holds."""

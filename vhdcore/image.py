@@ -157,10 +157,13 @@ class VHD:
         file_size = f.size()
         self.file_size = file_size
         head = f.pread(0, min(file_size, probe.HEAD_SIZE), "start")
-        if head[:8] != FOOTER_COOKIE and not self._footer_at_end(file_size):
-            # No footer at the end nor its copy at 0: a raw disk or another
-            # format's image, not a damaged VHD. Say so, not what the last
-            # bytes hold.
+        tails = [
+            f.pread(file_size - length, length, "footer")
+            for length in (FOOTER_SIZE, LEGACY_FOOTER_SIZE) if file_size >= length
+        ]
+        if not probe.shows_vhd(head, tails):
+            # A raw disk or another format's image, not a damaged VHD: say
+            # so, not what its last bytes hold.
             raise probe.not_vhd_error(self.path, head)
         if file_size < LEGACY_FOOTER_SIZE:
             raise FormatError(
@@ -199,19 +202,6 @@ class VHD:
                 self.size_rule = "current_size"
             return
         self._load_dynamic(file_size)
-
-    def _footer_at_end(self, file_size) -> bool:
-        """Whether the file ends in a footer cookie (512 or legacy 511 bytes), or nearly.
-
-        A cookie off by a byte or two is a damaged VHD, whose errors say
-        what is wrong; only a file with no cookie at all is "not a VHD".
-        """
-        for size in (FOOTER_SIZE, LEGACY_FOOTER_SIZE):
-            if file_size >= size and probe.near_cookie(
-                self._file.pread(file_size - size, 8, "footer")
-            ):
-                return True
-        return False
 
     def _read_primary_footer(self, file_size):
         """The footer at the end of the file (512 bytes, or a legacy 511)."""

@@ -19,6 +19,7 @@ import re
 import struct
 from typing import Callable, NamedTuple, Optional
 
+from .constants import DYNAMIC_COOKIE, FOOTER_COOKIE, FOOTER_SIZE
 from .errors import ForeignFormatError, NotVHDError
 
 #: Bytes of the file's start that :func:`identify` looks at.
@@ -103,12 +104,35 @@ def identify(head: bytes) -> Optional[Found]:
     return None
 
 
-def near_cookie(data: bytes, cookie: bytes = b"conectix", slack: int = 2) -> bool:
+def near_cookie(data: bytes, cookie: bytes = FOOTER_COOKIE, slack: int = 2) -> bool:
     """``data`` is ``cookie`` with at most ``slack`` bytes wrong: a damaged VHD
     structure rather than no VHD at all."""
     if len(data) < len(cookie):
         return False
     return sum(a != b for a, b in zip(data, cookie)) <= slack
+
+
+def shows_vhd(head: bytes, tails) -> bool:
+    """Whether a file shows any sign of a VHD, even a damaged one.
+
+    Args:
+        head: the file's first bytes (at least 520 when it has them).
+        tails: its last 512 and last 511 bytes (those the file has).
+
+    Signs: a footer cookie, or one a byte or two off, at the end or at
+    offset 0; a dynamic header cookie at 512; a last sector of 0xC7 bytes
+    (blktap's tapdisk "kills" the footer of an image it has open). Without
+    any, the file is a raw disk or another format's image.
+    """
+    if near_cookie(head[:8]) or any(near_cookie(tail[:8]) for tail in tails):
+        return True
+    if near_cookie(head[FOOTER_SIZE : FOOTER_SIZE + 8], DYNAMIC_COOKIE):
+        return True
+    return bool(tails) and tails[0] == _KILLED_FOOTER
+
+
+#: A footer blktap's tapdisk overwrote while it had the image open.
+_KILLED_FOOTER = b"\xc7" * FOOTER_SIZE
 
 
 def read_head(path) -> bytes:
@@ -152,4 +176,4 @@ def not_vhd_error(name, head: bytes, raw_hint: bool = False) -> NotVHDError:
 
 
 __all__ = ["Found", "HEAD_SIZE", "PROBES", "foreign_error", "identify", "near_cookie",
-           "not_vhd_error", "read_head"]
+           "not_vhd_error", "read_head", "shows_vhd"]
