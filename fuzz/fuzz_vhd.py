@@ -12,7 +12,8 @@ A :class:`~vhdcore.errors.VHDError` is the expected answer to a bad input.
 Anything else is a finding: another exception, a warning other than
 ``VHDWarning`` (numpy overflow warnings are raised as errors), a read that
 disagrees with the allocation map or with the raw conversion, a check that
-raises, or a clean check of an image open refuses.
+raises (except ``NotVHDError``: a file with no sign of a VHD is "could not
+check" by design), or a clean check of an image open refuses.
 
 Engines:
 
@@ -151,7 +152,10 @@ class Harness:
     def _check(self, content):
         if check_module is None:
             return
-        report = check_module.check(self.input, deep=True)
+        try:
+            report = check_module.check(self.input, deep=True)
+        except getattr(errors, "NotVHDError", ()):
+            return  # no VHD at all (a raw disk, another format): nothing to check
         json.dumps(report.to_dict())
 
     def _convert(self, content):

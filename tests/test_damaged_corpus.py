@@ -19,6 +19,7 @@ import pytest
 
 from vhdcore import samples
 from vhdcore.check import check
+from vhdcore.errors import NotVHDError
 from vhdcore.repair import read_backup, repair, undo
 
 ALL = [*samples.VALID, *samples.DAMAGED]
@@ -94,7 +95,8 @@ MESSAGES = {
     "file_size_unaligned": "file size 4197988 is neither 0 nor 511 modulo 512",
     "truncated_file": "file ends at 0x300c00, but its metadata and blocks reach 0x400c00",
     "file_too_small": "file of 100 bytes is too small",
-    "not_a_vhd": "footer cookie at 0x1e00",
+    "not_a_vhd": "not_a_vhd.vhd: not a VHD (no footer cookie at the end of the file or at "
+                 "offset 0)",
     "data_under_clear_bits": "holds data in 8 sectors whose bitmap bit is clear "
                              "(first: sector 1024, at 0x280c00)",
     "stale_data_differencing": "reads come from the parent there",
@@ -124,6 +126,18 @@ def test_every_damaged_sample_has_a_message_fragment():
 def test_check_finds_it(tmp_path, name, cli):
     sample = samples.generate(name, tmp_path)
     hashes = {f: _sha(f) for f in sample.files}
+    if sample.exit_code == 1:
+        # No VHD at all: "could not check", one line naming the file, not
+        # a report of its last bytes as a damaged footer.
+        with pytest.raises(NotVHDError) as caught:
+            check(sample.path, **sample.check_options)
+        assert MESSAGES[name] in str(caught.value)
+        for flags in ([], ["--json"]):
+            code, out, err = cli("check", *flags, *_flags(sample), sample.path)
+            assert code == 1 and out == "" and err.count("\n") == 1
+            assert MESSAGES[name] in err
+        assert {f: _sha(f) for f in sample.files} == hashes
+        return
     report = check(sample.path, **sample.check_options)
     codes = report.codes
     assert set(sample.codes) <= set(codes), codes
@@ -288,6 +302,8 @@ def test_codes_are_documented_and_sampled(tmp_path):
 
     emitted = set()
     for sample in samples.generate_all(tmp_path, "all"):
+        if sample.exit_code == 1:
+            continue  # no VHD: check raises, reports no codes
         report = check(sample.path, parents=True, deep=True)
         emitted.update(report.codes)
     documented = set(PROBLEM_CODES)

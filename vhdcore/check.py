@@ -20,7 +20,10 @@ parent locators, file size) with three differences on purpose:
 
 Exit codes (:attr:`CheckReport.exit_code`, as ``qemu-img check``): 0 clean
 (warnings allowed), 2 corruption found, 3 only leaks, 1 could not check
-(the CLI's code for an ``OSError`` such as a missing file).
+(the CLI's code for an ``OSError`` such as a missing file, and for a file
+that is no VHD at all: a raw disk, or another format's image, for which
+:func:`check` raises :class:`~vhdcore.errors.NotVHDError` instead of
+reporting the raw bytes at its end as a damaged footer).
 
 The default check reads the footers, the header, the BAT, the batmap and
 the locator payloads, nothing else, and never loops over blocks in Python:
@@ -39,6 +42,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import bat as batmod
+from . import probe
 from ._backend import kernels
 from .batmap import expects_batmap, find_batmap
 from .chain import MAX_LOCATOR_BYTES, ParentPolicy, file_identity, screen_candidates
@@ -63,6 +67,7 @@ from .errors import (
     CorruptImageError,
     FormatError,
     LimitError,
+    NotVHDError,
     ParentMismatchError,
     ParentNotFoundError,
     UnsafeParentError,
@@ -403,6 +408,10 @@ def check(
     Raises:
         OSError: the image cannot be opened or read at all (missing file,
             permission, I/O error): "could not check", exit code 1.
+        NotVHDError: the file shows no sign of a VHD (no footer cookie, not
+            even a damaged one, at its end or at offset 0; no dynamic
+            header): "could not check" too. :class:`ForeignFormatError`
+            (a subclass) names the format when the magic shows one.
     """
     policy = ParentPolicy.for_leaf(
         path, allow_parent_dirs=allow_parent_dirs, allow_symlinks=allow_symlinks,
@@ -428,10 +437,11 @@ def _check_member(path, *, parents, deep, policy, now, depth, seen) -> CheckRepo
                 parent_path, parents=True, deep=deep, policy=policy, now=now,
                 depth=depth + 1, seen=own,
             )
-        except OSError as exc:
+        except (OSError, NotVHDError) as exc:
             report.problems.append(Problem(
                 "parent.unreadable",
-                f"{path}: parent {parent_path} cannot be read: {exc.strerror or exc}",
+                f"{path}: parent {parent_path} cannot be read: "
+                f"{getattr(exc, 'strerror', None) or exc}",
                 "error", None, ParentNotFoundError,
             ))
         else:
@@ -556,6 +566,7 @@ class _Checker:
     def _locate_footer(self) -> None:
         report, size = self.report, self.size
         if size < LEGACY_FOOTER_SIZE:
+            self._refuse_if_not_vhd()
             self.add(
                 "file.too_small",
                 f"file of {size} bytes is too small for a VHD (a footer needs 512 bytes)",
@@ -648,6 +659,7 @@ class _Checker:
             self.extend(copy_problems)
         found = self._find_fixed_footer()
         if found is None:
+            self._refuse_if_not_vhd()
             self.stop("no usable footer at the end of the file or at offset 0")
         offset, footer = found
         report.footer = footer
@@ -660,6 +672,21 @@ class _Checker:
         ]
         self.extend(self._footer_problems(footer, offset, offset + FOOTER_SIZE))
         self._trailing(offset)
+
+    def _refuse_if_not_vhd(self) -> None:
+        """Raise :class:`NotVHDError` when nothing in the file belongs to a VHD.
+
+        A raw disk or another format's image is "could not check", not
+        "corrupt"; :func:`vhdcore.probe.shows_vhd` lists what counts as a sign.
+        """
+        size = self.size
+        head = self.read(0, min(size, probe.HEAD_SIZE), "start")
+        tails = [
+            self.read(size - length, length, "footer")
+            for length in (FOOTER_SIZE, LEGACY_FOOTER_SIZE) if size >= length
+        ]
+        if not probe.shows_vhd(head, tails):
+            raise probe.not_vhd_error(self.path, head)
 
     def _report_bad_primary(self, primary, offset, cookie_ok, problems, raw) -> None:
         """The last sector is not a good footer: say what it holds."""

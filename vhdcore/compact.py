@@ -285,7 +285,7 @@ def _write_compacted(image, keep, drops, output, overwrite) -> int:
     temp = os.path.join(
         directory, f".{os.path.basename(output)}.{os.getpid()}.{time.monotonic_ns()}.vhdcore-tmp"
     )
-    out = open_image_file(temp, writable=True, create=True)
+    out = open_image_file(temp, writable=True, create=True, name=output)
     try:
         try:
             out.pwrite(0, meta)

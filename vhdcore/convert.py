@@ -55,7 +55,7 @@ from .constants import (
     SECTOR_SIZE,
 )
 from .digest import Hasher
-from .errors import ConversionError, LimitError, LockedError, UnsupportedError
+from .errors import ConversionError, LimitError, LockedError, UnsupportedError, storage_error
 from .fileio import open_image_file
 from .progress import Progress
 from .rawimage import StreamWriter
@@ -284,21 +284,26 @@ def _check_destination(dst: str, source, force: bool) -> None:
     if not force:
         raise ConversionError(f"{dst}: destination exists; use --force to replace it")
     if not os.path.isfile(dst) or os.path.islink(dst):
-        raise ConversionError(f"{dst}: destination is not a regular file; refusing to replace it")
+        what = "a directory" if os.path.isdir(dst) and not os.path.islink(dst) else (
+            "not a regular file")
+        raise ConversionError(f"{dst}: destination is {what}; refusing to replace it")
 
 
 def _place(tmp: str, dst: str, force: bool, durable: bool = True) -> None:
     """Move the finished temporary file to ``dst``; ``durable`` fsyncs the directory."""
-    if force:
-        os.replace(tmp, dst)
-    else:
-        try:
-            os.link(tmp, dst)
-        except FileExistsError:
-            raise ConversionError(
-                f"{dst}: destination appeared during the conversion; use --force to replace it"
-            ) from None
-        os.unlink(tmp)
+    try:
+        if force:
+            os.replace(tmp, dst)
+        else:
+            try:
+                os.link(tmp, dst)
+            except FileExistsError:
+                raise ConversionError(
+                    f"{dst}: destination appeared during the conversion; use --force to replace it"
+                ) from None
+            os.unlink(tmp)
+    except OSError as exc:
+        raise storage_error(exc, dst, "cannot put the finished image in place") from exc
     if not durable:
         return
     directory = os.path.dirname(os.path.abspath(dst))
@@ -337,8 +342,9 @@ def convert(
             whole chain), ``"-"`` for stdin, an open
             :class:`vhdcore.image.VHD`, or a :class:`vhdcore.sources.Source`.
         dst: the output path, or ``"-"`` for stdout.
-        src_format: ``"raw"`` or ``"vhd"``; detected from the footer when
-            ``None`` (``"raw"`` never probes).
+        src_format: ``"raw"`` or ``"vhd"`` (or qemu's ``"vpc"``); detected
+            from the footer when ``None``, refusing other formats (qcow2,
+            VHDX, VMDK, VDI, QED) by their magic (``"raw"`` never probes).
         out_format: ``"raw"``, ``"fixed"`` or ``"dynamic"``; by default
             ``fixed`` for ``azure``, ``dynamic`` when ``dst`` ends in
             ``.vhd``, else ``raw``.
@@ -365,7 +371,9 @@ def convert(
             that cannot be streamed) or failed; no destination was created.
         LimitError: the disk is too large for the output format.
         VHDError: the source is not a usable image.
-        OSError: a file could not be read or written.
+        ForeignFormatError: the source is another format's image.
+        StorageError: a file could not be read or written (a full disk,
+            ...); the message names the destination, not its temporary file.
     """
     started = time.monotonic()
     fmt = output_format_for(dst, out_format, azure)
@@ -423,7 +431,8 @@ def convert(
             for stale in remove_stale_temps(dst):
                 notes.append(f"removed {stale}, left by an interrupted conversion")
             tmp = _temp_name(dst)
-            out = open_image_file(tmp, writable=True, create=True)
+            # Errors name dst: the temporary file is ours, not the user's.
+            out = open_image_file(tmp, writable=True, create=True, name=dst)
             try:
                 job.write_behind = fsync
                 _run(source, out, job, result)

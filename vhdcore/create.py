@@ -34,7 +34,7 @@ from .constants import (
     PLATFORM_W2RU,
     SECTOR_SIZE,
 )
-from .errors import LimitError, UnsafeParentError, VHDError
+from .errors import LimitError, UnsafeParentError, VHDError, storage_error
 from .footer import Footer, vhd_timestamp
 from .header import DynamicHeader, ParentLocator
 from .locators import encode_locator, relative_parent_path
@@ -275,13 +275,21 @@ def _check_chain_policy(path, parent_image, chain_options) -> None:
 
 
 def _write_new_file(path, pieces, overwrite):
-    """Write ``pieces`` to a temporary file, fsync it, and link it into place."""
+    """Write ``pieces`` to a temporary file, fsync it, and link it into place.
+
+    Raises:
+        StorageError: the file could not be written (a full disk, a
+            read-only directory, ...); named ``path``, not the temporary file.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not overwrite and os.path.lexists(path):
         raise FileExistsError(17, OVERWRITE_ADVICE, path)
-    fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".vhdcore-tmp",
-                                dir=directory)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                                    suffix=".vhdcore-tmp", dir=directory)
+    except OSError as exc:
+        raise storage_error(exc, path, "cannot create") from exc
     try:
         try:
             end = max(offset + len(data) for offset, data in pieces)
@@ -292,6 +300,8 @@ def _write_new_file(path, pieces, overwrite):
                     written = os.pwrite(fd, view, offset)
                     view, offset = view[written:], offset + written
             os.fsync(fd)
+        except OSError as exc:
+            raise storage_error(exc, path, f"cannot write the new image ({end} bytes)") from exc
         finally:
             os.close(fd)
         os.chmod(temp, 0o644)
@@ -308,11 +318,16 @@ def _link_into_place(temp, path, directory, overwrite) -> None:
     Replaces ``path`` only if ``overwrite``; otherwise the link fails,
     atomically, if ``path`` appeared meanwhile. Compact shares this step.
     """
-    if overwrite:
-        os.replace(temp, path)
-    else:
-        os.link(temp, path)  # fails, atomically, if path appeared meanwhile
-        os.unlink(temp)
+    try:
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)  # fails, atomically, if path appeared meanwhile
+            os.unlink(temp)
+    except FileExistsError:
+        raise FileExistsError(17, OVERWRITE_ADVICE, path) from None
+    except OSError as exc:
+        raise storage_error(exc, path, "cannot put the new file in place") from exc
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

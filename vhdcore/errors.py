@@ -62,3 +62,68 @@ class ConversionError(VHDError):
 
 class UnsafeParentError(VHDError):
     """A parent locator leads outside the allowed directories or through a symlink."""
+
+
+class NotVHDError(FormatError):
+    """The file holds no VHD at all: no footer cookie at its end or at offset 0.
+
+    Kept apart from :class:`CorruptImageError` so ``check`` can say "could
+    not check" (exit 1) for a raw disk given as a VHD instead of "corrupt".
+    """
+
+
+class ForeignFormatError(NotVHDError, UnsupportedError):
+    """The file is an image of another format (qcow2, VHDX, VMDK, VDI, QED).
+
+    Attributes:
+        format_name: the format found by its magic, e.g. ``"qcow2"``.
+    """
+
+    def __init__(self, message: str, format_name: str = ""):
+        super().__init__(message)
+        self.format_name = format_name
+
+    def __reduce__(self):
+        return type(self), (str(self), self.format_name)
+
+
+class StorageError(VHDError, OSError):
+    """The operating system refused a read or a write: disk full, I/O error,
+    a directory, a read-only file system, a permission.
+
+    ``OSError`` alone often names no file (``pwrite`` on a full disk) or the
+    wrong one (a conversion's temporary file); this one names the file the
+    user gave and what was being done. It is still an ``OSError`` (with
+    ``errno``, ``strerror`` and ``filename``), so ``except OSError`` code
+    keeps working.
+    """
+
+    def __init__(self, message: str, errno: int | None = None, filename=None,
+                 strerror: str | None = None):
+        OSError.__init__(self, errno, strerror or message)
+        self.filename = filename
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        return type(self), (self.message, self.errno, self.filename, self.strerror)
+
+
+def storage_error(exc: OSError, name, action: str) -> OSError:
+    """``exc`` as a :class:`StorageError` naming ``name`` and ``action``.
+
+    Args:
+        exc: what the OS raised.
+        name: the file to name: the user's file, not a temporary one.
+        action: what was being done, e.g. ``"cannot write 4096 bytes at 0x200"``.
+
+    Returns:
+        ``exc`` itself when it is already a :class:`VHDError` (it named the
+        file when it was made), else the new error (raise it ``from exc``).
+    """
+    if isinstance(exc, VHDError):
+        return exc
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return StorageError(f"{name}: {action}: {reason}", exc.errno, str(name), exc.strerror)

@@ -246,13 +246,14 @@ _active: Optional[FaultPlan] = None
 class FaultyImageFile(fileio.ImageFile):
     """An :class:`~vhdcore.fileio.ImageFile` that reports to the active :class:`FaultPlan`."""
 
-    def __init__(self, path, writable: bool = False, create: bool = False, lock: bool = True):
+    def __init__(self, path, writable: bool = False, create: bool = False, lock: bool = True,
+                 name=None):
         plan = _active
         if plan is not None and plan.crashed:
             raise SimulatedCrash(f"{os.fspath(path)}: opened after the simulated crash")
         self.plan = plan
         self.dead = False
-        super().__init__(path, writable=writable, create=create, lock=lock)
+        super().__init__(path, writable=writable, create=create, lock=lock, name=name)
         if plan is not None:
             plan.files.append(self)
 
@@ -275,7 +276,7 @@ class FaultyImageFile(fileio.ImageFile):
             plan.reads += 1
             if plan.read_fail_at is not None and plan.reads == plan.read_fail_at:
                 plan.failures += 1
-                raise OSError(errno.EIO, os.strerror(errno.EIO), self.path)
+                raise self._error(OSError(errno.EIO, os.strerror(errno.EIO)), "cannot read")
 
     def pread(self, offset, length, what="data"):
         self._read_cue()
@@ -291,10 +292,12 @@ class FaultyImageFile(fileio.ImageFile):
 
     # -- mutations -----------------------------------------------------------
 
-    def _fail(self, kind: str):
+    def _fail(self, kind: str, action: str = "cannot write"):
+        # The same StorageError (naming the user's file) a real failure
+        # becomes in ImageFile.
         self.plan.failures += 1
         code = errno.EIO if kind == "eio" else errno.ENOSPC
-        return OSError(code, os.strerror(code), self.path)
+        return self._error(OSError(code, os.strerror(code)), action)
 
     def pwrite(self, offset, data):
         self._alive()
@@ -309,7 +312,7 @@ class FaultyImageFile(fileio.ImageFile):
                 plan._track(self, offset, offset + half)
                 if half:
                     super().pwrite(offset, view[:half])
-            raise self._fail(failure)
+            raise self._fail(failure, f"cannot write {len(view)} bytes at 0x{offset:x}")
         if crash and plan.tear:
             part = len(view) // 2 // 512 * 512
             plan._track(self, offset, offset + part)
@@ -328,7 +331,8 @@ class FaultyImageFile(fileio.ImageFile):
             return super().flush()
         _number, failure, crash = plan._next("flush", self.path, 0, 0)
         if failure is not None:
-            raise self._fail("eio" if failure == "eio" else "enospc")
+            raise self._fail("eio" if failure == "eio" else "enospc",
+                             "cannot flush its writes to disk (fsync)")
         super().flush()
         plan._synced(self)
         if crash:
@@ -342,7 +346,7 @@ class FaultyImageFile(fileio.ImageFile):
         current = os.fstat(self.fd).st_size
         _number, failure, crash = plan._next("truncate", self.path, size, current)
         if failure is not None:
-            raise self._fail(failure)
+            raise self._fail(failure, f"cannot set its size to {size} bytes")
         plan._track(self, min(size, current), max(size, current))
         super().truncate(size)
         if crash:

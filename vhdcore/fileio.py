@@ -7,6 +7,12 @@ gives two things: the format code never sees a partial read as zeros (a
 short read of metadata is corruption, not padding), and the fault-injection
 tests can replace :data:`FILE_FACTORY` to "crash" after the N-th write or
 flush, or to return ``ENOSPC``/``EIO``, without touching the engine.
+
+It is also where an ``OSError`` gets a name: ``pwrite`` on a full disk
+raises one with no file name at all, and a conversion's temporary file is
+not the file the user asked for. Every failure here becomes a
+:class:`~vhdcore.errors.StorageError` naming :attr:`ImageFile.name` (the
+user's file) and what was being done.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 
-from .errors import CorruptImageError, LockedError
+from .errors import CorruptImageError, LockedError, StorageError, storage_error
 
 
 class ImageFile:
@@ -32,16 +39,39 @@ class ImageFile:
             ``lock="shared"``: then they take a shared lock, which fails
             while a writer holds the image and keeps writers out meanwhile
             (what a conversion wants of its source, as qemu-img does).
+        name: the file to name in errors, when ``path`` is not the user's
+            (a temporary file that will become ``name``).
+
+    Raises:
+        StorageError: the file cannot be opened (a directory, a read-only
+            file system, ...), named by ``name``. A missing file stays a
+            plain ``FileNotFoundError`` (it names the file already).
     """
 
-    def __init__(self, path, writable: bool = False, create: bool = False, lock: bool = True):
+    def __init__(self, path, writable: bool = False, create: bool = False, lock: bool = True,
+                 name=None):
         self.path = os.fspath(path)
+        self.name = self.path if name is None else os.fspath(name)
         flags = os.O_RDWR if writable else os.O_RDONLY
         if create:
             flags |= os.O_CREAT | os.O_EXCL
         flags |= getattr(os, "O_CLOEXEC", 0)
         self.writable = writable
-        self.fd = os.open(self.path, flags, 0o644)
+        self.fd = -1
+        try:
+            self.fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            if self.name == self.path and isinstance(exc, (FileNotFoundError, FileExistsError)):
+                raise
+            if exc.errno == errno.EISDIR:
+                raise self._directory() from None
+            action = "cannot create" if create else (
+                "cannot open for writing" if writable else "cannot open")
+            raise self._error(exc, action) from exc
+        if stat.S_ISDIR(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            self.fd = -1
+            raise self._directory()
         if writable and lock:
             self._lock(fcntl.LOCK_EX, "image is open for writing by another handle or process "
                                       "(or being read by a conversion, or the parent of an image "
@@ -59,6 +89,14 @@ class ImageFile:
                 raise LockedError(f"{self.path}: {busy}") from None
             raise
 
+    def _directory(self) -> StorageError:
+        return StorageError(f"{self.name}: is a directory, not a disk image",
+                            errno.EISDIR, self.name, os.strerror(errno.EISDIR))
+
+    def _error(self, exc: OSError, action: str) -> OSError:
+        """``exc`` as a :class:`StorageError` naming this file and ``action``."""
+        return storage_error(exc, self.name, action)
+
     # -- reading -----------------------------------------------------------
 
     def size(self) -> int:
@@ -70,16 +108,20 @@ class ImageFile:
 
         Raises:
             CorruptImageError: the file ends first (``what`` names the structure).
+            StorageError: the read failed (``EIO``, ...).
         """
-        data = os.pread(self.fd, length, offset)
-        while len(data) < length:
-            more = os.pread(self.fd, length - len(data), offset + len(data))
-            if not more:
-                raise CorruptImageError(
-                    f"{self.path}: {what} at 0x{offset:x} needs {length} bytes, "
-                    f"file ends after {len(data)}"
-                )
-            data += more
+        try:
+            data = os.pread(self.fd, length, offset)
+            while len(data) < length:
+                more = os.pread(self.fd, length - len(data), offset + len(data))
+                if not more:
+                    raise CorruptImageError(
+                        f"{self.path}: {what} at 0x{offset:x} needs {length} bytes, "
+                        f"file ends after {len(data)}"
+                    )
+                data += more
+        except OSError as exc:
+            raise self._error(exc, f"cannot read the {what} at 0x{offset:x}") from exc
         return data
 
     def preadinto(self, offset: int, buffer, what: str = "data") -> int:
@@ -87,39 +129,59 @@ class ImageFile:
 
         Raises:
             CorruptImageError: the file ends before the buffer is full.
+            StorageError: the read failed.
         """
         view = memoryview(buffer).cast("B")
         done = 0
         total = len(view)
-        while done < total:
-            got = os.preadv(self.fd, [view[done:]], offset + done)
-            if got == 0:
-                raise CorruptImageError(
-                    f"{self.path}: {what} at 0x{offset:x} needs {total} bytes, "
-                    f"file ends after {done}"
-                )
-            done += got
+        try:
+            while done < total:
+                got = os.preadv(self.fd, [view[done:]], offset + done)
+                if got == 0:
+                    raise CorruptImageError(
+                        f"{self.path}: {what} at 0x{offset:x} needs {total} bytes, "
+                        f"file ends after {done}"
+                    )
+                done += got
+        except OSError as exc:
+            raise self._error(exc, f"cannot read the {what} at 0x{offset + done:x}") from exc
         return total
 
     # -- writing -----------------------------------------------------------
 
     def pwrite(self, offset: int, data) -> None:
-        """Write all of ``data`` at ``offset``, finishing short writes."""
+        """Write all of ``data`` at ``offset``, finishing short writes.
+
+        Raises:
+            StorageError: the write failed (``ENOSPC``, ``EIO``, ...); part
+                of ``data`` may have landed.
+        """
         view = memoryview(data).cast("B")
         done = 0
-        while done < len(view):
-            written = os.pwrite(self.fd, view[done:], offset + done)
-            if written <= 0:  # pragma: no cover - the OS raises instead
-                raise OSError(errno.EIO, "write made no progress", self.path)
-            done += written
+        try:
+            while done < len(view):
+                written = os.pwrite(self.fd, view[done:], offset + done)
+                if written <= 0:  # pragma: no cover - the OS raises instead
+                    raise OSError(errno.EIO, "write made no progress")
+                done += written
+        except OSError as exc:
+            raise self._error(
+                exc, f"cannot write {len(view) - done} bytes at 0x{offset + done:x}"
+            ) from exc
 
     def flush(self) -> None:
         """Make every completed write durable (fsync)."""
-        os.fsync(self.fd)
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise self._error(exc, "cannot flush its writes to disk (fsync)") from exc
 
     def truncate(self, size: int) -> None:
         """Set the file's length to ``size`` bytes."""
-        os.ftruncate(self.fd, size)
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as exc:
+            raise self._error(exc, f"cannot set its size to {size} bytes") from exc
 
     # -- lifetime ----------------------------------------------------------
 
@@ -145,6 +207,9 @@ class ImageFile:
 FILE_FACTORY = ImageFile
 
 
-def open_image_file(path, writable: bool = False, create: bool = False, lock: bool = True):
+def open_image_file(path, writable: bool = False, create: bool = False, lock: bool = True,
+                    name=None):
     """Open ``path`` through :data:`FILE_FACTORY` (see :class:`ImageFile`)."""
-    return FILE_FACTORY(path, writable=writable, create=create, lock=lock)
+    if name is None:
+        return FILE_FACTORY(path, writable=writable, create=create, lock=lock)
+    return FILE_FACTORY(path, writable=writable, create=create, lock=lock, name=name)

@@ -45,6 +45,7 @@ from .constants import (
     SECTOR_SIZE,
     UINT32_TYPECODE,
 )
+from . import probe
 from ._backend import kernels
 from .errors import (
     CorruptImageError,
@@ -191,6 +192,15 @@ class VHD:
         f = self._file
         file_size = f.size()
         self.file_size = file_size
+        head = f.pread(0, min(file_size, probe.HEAD_SIZE), "start")
+        tails = [
+            f.pread(file_size - length, length, "footer")
+            for length in (FOOTER_SIZE, LEGACY_FOOTER_SIZE) if file_size >= length
+        ]
+        if not probe.shows_vhd(head, tails):
+            # A raw disk or another format's image, not a damaged VHD: say
+            # so, not what its last bytes hold.
+            raise probe.not_vhd_error(self.path, head)
         if file_size < LEGACY_FOOTER_SIZE:
             raise FormatError(
                 f"{self.path}: file too small for a VHD ({file_size} bytes; a footer needs 512)"
@@ -451,7 +461,11 @@ class VHD:
                     return length
             elif self.parent is None:
                 start = entry * SECTOR_SIZE + self._bitmap_bytes + within
-                if os.preadv(self._file.fd, [view], start) != length:
+                try:
+                    got = os.preadv(self._file.fd, [view], start)
+                except OSError:
+                    got = -1  # the careful path below retries, and names the file if it fails
+                if got != length:
                     self._file.preadinto(start, view)
                 return length
         self._readinto_slow(offset, view)

@@ -28,6 +28,8 @@ import os
 import stat
 from typing import Iterator, Optional, Tuple
 
+from .errors import storage_error
+
 #: One shared, read-only buffer of zeros for padding streams and hashing
 #: zero runs; sliced through a memoryview, never copied.
 ZEROS = bytes(4 << 20)
@@ -98,6 +100,9 @@ class StreamReader:
                 got = os.readv(self.fd, [view[done:]])
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 continue
+            except OSError as exc:
+                raise storage_error(exc, self.name.strip("<>"),
+                                    f"cannot read at byte {self.position + done}") from exc
             if got == 0:
                 self.eof = True
                 break
@@ -124,7 +129,13 @@ class StreamWriter:
         view = memoryview(view).cast("B")
         done = 0
         while done < len(view):
-            done += os.write(self.fd, view[done:])
+            try:
+                done += os.write(self.fd, view[done:])
+            except BrokenPipeError:
+                raise  # the reader went away: the CLI exits quietly
+            except OSError as exc:
+                raise storage_error(exc, self.path.strip("<>"),
+                                    f"cannot write at byte {self.position + done}") from exc
         self.position += len(view)
 
     def pad_to(self, offset: int) -> None:

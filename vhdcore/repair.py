@@ -54,7 +54,7 @@ from .constants import (
     FOOTER_SIZE,
     SECTOR_SIZE,
 )
-from .errors import FormatError
+from .errors import FormatError, storage_error
 from .fileio import open_image_file
 from .footer import Footer
 
@@ -657,16 +657,25 @@ def write_backup(path: str, file_size: int, records, backup_path: Optional[str] 
         ],
     }
     temp = backup_path + ".tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(BACKUP_MAGIC)
-            out.write(json.dumps(meta, sort_keys=True).encode() + b"\n")
-            for _offset, data, _what in records:
-                out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(temp, backup_path)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        # Named for the backup the user will look for; nothing was changed yet.
+        raise storage_error(exc, backup_path, "cannot create the repair backup "
+                                              "(the image was not changed)") from exc
+    try:
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(BACKUP_MAGIC)
+                out.write(json.dumps(meta, sort_keys=True).encode() + b"\n")
+                for _offset, data, _what in records:
+                    out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.rename(temp, backup_path)
+        except OSError as exc:
+            raise storage_error(exc, backup_path, "cannot write the repair backup "
+                                                  "(the image was not changed)") from exc
     except BaseException:
         if os.path.exists(temp):
             os.unlink(temp)

@@ -88,7 +88,8 @@ class Sample:
         name: the generator's name.
         path: the image to check.
         codes: problem codes ``check`` must report (others may appear).
-        exit_code: what ``vhdcore check`` returns (0, 2 or 3).
+        exit_code: what ``vhdcore check`` returns (0, 2 or 3; 1 when the
+            file is no VHD at all and ``check`` raises ``NotVHDError``).
         check_options: keyword arguments for ``check`` (``deep``,
             ``parents``) under which the codes appear.
         repair: None when repair cannot fix it (or there is nothing to
@@ -937,7 +938,8 @@ def file_too_small(directory) -> Sample:
 def not_a_vhd(directory) -> Sample:
     name = "not_a_vhd"
     path = _write_pieces(Path(directory) / f"{name}.vhd", 8192, [(0, _pattern(name, 0, 8192))])
-    return _sample(name, path, ["footer.cookie"], 2, description="8 KiB of random bytes")
+    return _sample(name, path, [], 1, description="8 KiB of random bytes: no VHD at all, so "
+                   "check refuses it (NotVHDError, exit 1) instead of calling it corrupt")
 
 
 def data_under_clear_bits(directory) -> Sample:

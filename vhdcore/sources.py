@@ -25,6 +25,7 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from .constants import DYNAMIC_COOKIE, FOOTER_COOKIE, FOOTER_SIZE, LEGACY_FOOTER_SIZE, SECTOR_SIZE
 from .errors import UnsupportedError, VHDError
+from . import probe as _probe
 from .fileio import open_image_file
 from .rawimage import StreamReader, data_runs, fd_of, is_seekable_file
 
@@ -32,6 +33,8 @@ from .rawimage import StreamReader, data_runs, fd_of, is_seekable_file
 Run = Tuple[int, int, bool]
 
 FORMATS = ("raw", "vhd")
+#: Other names accepted for an input format: qemu calls VHD "vpc".
+FORMAT_ALIASES = {"vpc": "vhd"}
 STDIO = "-"
 #: Virtual bytes of VHD extents asked for at once (512 blocks of 2 MiB).
 EXTENT_WINDOW = 1 << 30
@@ -338,9 +341,12 @@ class StreamSource(Source):
     kind = "stream"
     seekable = False
 
-    def __init__(self, fd: int = 0, name: str = STDIO):
+    def __init__(self, fd: int = 0, name: str = STDIO, detect: bool = False):
         self.reader = StreamReader(fd, "<stdin>" if name == STDIO else name)
         self.name = name
+        # Refuse another format's image by its magic (in the first piece),
+        # as a named file is refused, unless raw was asked for.
+        self.detect = detect
         self.virtual_size = None
         self.files = []
         self.notes = []
@@ -361,6 +367,11 @@ class StreamSource(Source):
             count = min(unit - position % unit, len(view))
             piece = view[:count]
             got = self.reader.fill(piece)
+            if self.detect and position == 0:
+                foreign = _probe.foreign_error("stdin", piece[: min(got, _probe.HEAD_SIZE)],
+                                              raw_hint=True)
+                if foreign is not None:
+                    raise foreign
             if got:
                 yield position, got, piece[:got]
                 position += got
@@ -686,11 +697,17 @@ def allocation_map(image, fmt: Optional[str] = None, open_options=None) -> List[
             source.close()
 
 
-def detect_format(file) -> str:
+def detect_format(file, name=None) -> str:
     """``"vhd"`` when the file ends in a VHD footer (or starts with a dynamic copy), else ``"raw"``.
 
     Args:
         file: an open :class:`vhdcore.fileio.ImageFile`.
+        name: the file as the user gave it, for the error below.
+
+    Raises:
+        ForeignFormatError: no VHD footer, and the file starts with the
+            magic of another format (qcow2, VHDX, VMDK, VDI, QED): reading
+            it as raw would silently copy its metadata as disk data.
     """
     size = file.size()
     if size >= FOOTER_SIZE and file.pread(size - FOOTER_SIZE, 8, "footer") == FOOTER_COOKIE:
@@ -706,6 +723,11 @@ def detect_format(file) -> str:
         head = file.pread(0, FOOTER_SIZE + 8, "footer copy")
         if head[:8] == FOOTER_COOKIE and head[FOOTER_SIZE:] == DYNAMIC_COOKIE:
             return "vhd"
+    foreign = _probe.foreign_error(
+        name or file.path, file.pread(0, min(size, _probe.HEAD_SIZE), "start"), raw_hint=True
+    )
+    if foreign is not None:
+        raise foreign
     return "raw"
 
 
@@ -714,8 +736,9 @@ def open_source(path, fmt: Optional[str] = None, open_options=None) -> Source:
 
     Args:
         path: a file, a block device, a VHD (any type), or ``"-"``.
-        fmt: ``"raw"``, ``"vhd"`` or ``None`` to detect it from the footer.
-            ``"raw"`` never looks at the footer.
+        fmt: ``"raw"``, ``"vhd"`` (or qemu's name ``"vpc"``) or ``None`` to
+            detect it from the footer. ``"raw"`` never looks at the footer
+            nor for another format's magic.
         open_options: keyword arguments for :func:`vhdcore.open` of a VHD
             (the chain policy: ``allow_parent_dirs``, ``allow_symlinks``,
             ``max_chain_depth``).
@@ -723,10 +746,12 @@ def open_source(path, fmt: Optional[str] = None, open_options=None) -> Source:
     Raises:
         VHDError: the file is not a usable image of the format, or a VHD is
             asked of a pipe (VHD needs random access).
+        ForeignFormatError: the file is another format's image.
         OSError: the file cannot be opened.
     """
+    fmt = FORMAT_ALIASES.get(fmt, fmt)
     if fmt is not None and fmt not in FORMATS:
-        raise UnsupportedError(f"unknown input format {fmt!r}: use raw or vhd")
+        raise UnsupportedError(f"unknown input format {fmt!r}: use raw or vhd (or vpc)")
     display = None
     if path == STDIO:
         if not is_seekable_file(0):
@@ -734,15 +759,15 @@ def open_source(path, fmt: Optional[str] = None, open_options=None) -> Source:
                 raise UnsupportedError(
                     "stdin is a pipe: a VHD needs random access; save it to a file first"
                 )
-            return StreamSource(0)
+            return StreamSource(0, detect=fmt is None)
         # A regular file on stdin (< file) is read like a named file.
         path, display = "/dev/stdin", STDIO
     path = os.fspath(path)
     if os.path.isdir(path):
         raise UnsupportedError(f"{path}: is a directory, not a disk image")
     if fmt is None:
-        with open_image_file(path) as probe:
-            fmt = detect_format(probe)
+        with open_image_file(path) as file:
+            fmt = detect_format(file, display or path)
     if fmt == "vhd":
         return VHDSource(path, display, open_options=open_options)
     return RawFileSource(path, display)

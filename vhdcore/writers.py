@@ -53,10 +53,18 @@ from .constants import (
     SECTOR_SIZE,
     UINT32_TYPECODE,
 )
-from .errors import ConversionError, LimitError
+from .errors import ConversionError, LimitError, storage_error
 from .footer import Footer
 from .header import DynamicHeader
 from .rawimage import Preallocator, WriteBehind, fd_of
+
+
+def _fd_name(fd: int) -> str:
+    """The file behind a source descriptor, for an error message (Linux names it)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "the source"
 
 #: Smallest aligned all-zero stretch left as a hole in raw and fixed output.
 SPARSE_GRANULARITY = 4096
@@ -164,11 +172,20 @@ class Writer:
                     if exc.errno not in (
                         errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF
                     ):
-                        raise
+                        raise storage_error(
+                            exc, getattr(self.out, "name", self.out.path),
+                            f"cannot copy {length - done} bytes of data in at "
+                            f"0x{position + done:x}",
+                        ) from exc
                     Writer._copy_works = False
                     continue
             else:
-                data = os.pread(fd, min(length - done, 4 << 20), file_offset + done)
+                try:
+                    data = os.pread(fd, min(length - done, 4 << 20), file_offset + done)
+                except OSError as exc:
+                    raise storage_error(
+                        exc, _fd_name(fd), f"cannot read at file offset {file_offset + done}"
+                    ) from exc
                 got = len(data)
                 if got:
                     self.out.pwrite(position + done, data)

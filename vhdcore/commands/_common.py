@@ -17,10 +17,27 @@ def size_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: ``-f`` values: ``vpc`` is qemu's name for VHD, accepted where users type it.
+INPUT_FORMATS = ("raw", "vhd", "vpc")
+
+
 def add_format_flag(parser: argparse.ArgumentParser,
-                    help: str = "image format (default: detected from the footer)") -> None:
-    """Add ``-f/--format raw|vhd`` (stored as ``src_format``) for commands that read any image."""
-    parser.add_argument("-f", "--format", dest="src_format", choices=("raw", "vhd"), help=help)
+                    help: str = "image format: raw, or vhd (qemu's vpc); default: detected "
+                                "from the footer, and other formats (qcow2, VHDX, VMDK, VDI, "
+                                "QED) are refused by their magic") -> None:
+    """Add ``-f/--format raw|vhd|vpc`` (as ``src_format``) for commands that read any image."""
+    parser.add_argument("-f", "--format", dest="src_format", choices=INPUT_FORMATS, help=help)
+
+
+def add_vhd_format_flag(parser: argparse.ArgumentParser) -> None:
+    """``-f vhd|vpc`` for commands that read only VHDs, as ``qemu-img check -f vpc`` is typed.
+
+    Nothing to choose: a file that is not a VHD is refused by name either way.
+    """
+    parser.add_argument(
+        "-f", "--format", dest="src_format", choices=("vhd", "vpc"),
+        help="the image format: vhd (qemu's vpc), the only one this command reads",
+    )
 
 
 def add_json_flag(parser: argparse.ArgumentParser) -> None:

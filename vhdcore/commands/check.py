@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..check import check
 from ..sizes import format_size
-from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
+from ._common import add_chain_flags, add_json_flag, add_vhd_format_flag, chain_options, emit_json
 
 HELP = (
     "check an image's structure and report every problem "
@@ -20,6 +20,7 @@ ERROR_EXIT = 1
 
 def add_arguments(parser):
     parser.add_argument("image", help="the VHD image")
+    add_vhd_format_flag(parser)
     add_json_flag(parser)
     parser.add_argument(
         "--parents", action="store_true",

@@ -9,7 +9,7 @@ report says so.
 
 from __future__ import annotations
 
-from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
+from ._common import INPUT_FORMATS, add_chain_flags, add_json_flag, chain_options, emit_json
 
 HELP = "compare the contents of two images of any formats (exit 0 equal, 1 different, 2 error)"
 ERROR_EXIT = 2
@@ -19,10 +19,12 @@ def add_arguments(parser):
     parser.add_argument("first", metavar="A", help="first image (raw or VHD)")
     parser.add_argument("second", metavar="B", help="second image (raw or VHD)")
     parser.add_argument(
-        "-f", dest="first_format", choices=("raw", "vhd"), help="format of A (default: detected)"
+        "-f", dest="first_format", choices=INPUT_FORMATS,
+        help="format of A: raw, or vhd (qemu's vpc) (default: detected)",
     )
     parser.add_argument(
-        "-F", dest="second_format", choices=("raw", "vhd"), help="format of B (default: detected)"
+        "-F", dest="second_format", choices=INPUT_FORMATS,
+        help="format of B: raw, or vhd (qemu's vpc) (default: detected)",
     )
     parser.add_argument("-p", "--progress", action="store_true", help="show progress on stderr")
     add_chain_flags(parser)

@@ -26,13 +26,16 @@ HELP = "convert an image: raw or VHD (fixed, dynamic, differencing chain) to raw
 def add_arguments(parser):
     parser.add_argument("source", metavar="SRC", help="input image, or - for stdin")
     parser.add_argument("destination", metavar="DST", help="output file, or - for stdout")
-    add_format_flag(parser, "input format (default: detected from the footer; raw never probes)")
+    add_format_flag(parser, "input format: raw, or vhd (qemu's vpc); default: detected from the "
+                            "footer, other formats (qcow2, VHDX, VMDK, VDI, QED) refused; raw "
+                            "never probes")
     parser.add_argument(
         "-O",
         "--output-format",
         dest="out_format",
-        choices=("raw", "fixed", "dynamic"),
-        help="output format (default: dynamic when DST ends in .vhd, else raw; fixed with --azure)",
+        choices=("raw", "fixed", "dynamic", "vhd", "vpc"),
+        help="output format; vhd and vpc (qemu's name) mean dynamic (default: dynamic when DST "
+             "ends in .vhd, else raw; fixed with --azure)",
     )
     parser.add_argument(
         "--block-size",

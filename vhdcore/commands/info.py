@@ -9,13 +9,14 @@ from ..image import VHD
 from ..image import open as open_image
 from ..info import describe
 from ..sizes import format_size
-from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
+from ._common import add_chain_flags, add_json_flag, add_vhd_format_flag, chain_options, emit_json
 
 HELP = "show what an image is: type, sizes, allocation, creator, UUID, geometry, parents"
 
 
 def add_arguments(parser):
     parser.add_argument("image", help="the VHD image")
+    add_vhd_format_flag(parser)
     add_json_flag(parser)
     add_chain_flags(parser)
 
