@@ -55,7 +55,13 @@ from .constants import (
     SECTOR_SIZE,
 )
 from .digest import Hasher
-from .errors import ConversionError, LimitError, LockedError, UnsupportedError
+from .errors import (
+    ArgumentLimitError,
+    ConversionError,
+    LimitError,
+    LockedError,
+    UnsupportedError,
+)
 from .fileio import open_image_file
 from .progress import Progress
 from .rawimage import StreamWriter
@@ -180,7 +186,7 @@ def output_format_for(dst, out_format: Optional[str], azure: bool) -> str:
 
 def _check_block_size(block_size: int) -> None:
     if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
-        raise LimitError(
+        raise ArgumentLimitError(
             f"block size {block_size} must be a power of two from {MIN_BLOCK_SIZE} "
             f"to {format_size(MAX_BLOCK_SIZE)}"
         )
