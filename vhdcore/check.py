@@ -73,6 +73,7 @@ from .footer import Footer
 from .header import DynamicHeader
 from .locators import candidate_paths, decode_locator
 from .problems import Problem
+from .sizes import plural
 
 __all__ = [
     "check",
@@ -1057,8 +1058,11 @@ class _Checker:
         if total:
             self.add(
                 "bat.beyond_size",
-                f"{total} BAT entries past the {entries} blocks of the virtual size are "
-                f"allocated (first: entry {first}); readers ignore them",
+                f"{plural(total, 'BAT entry', 'BAT entries')} past the "
+                f"{plural(entries, 'block')} of the virtual size "
+                f"{'is' if total == 1 else 'are'} "
+                f"allocated (first: entry {first}); readers ignore "
+                f"{'it' if total == 1 else 'them'}",
                 "warning", header.table_offset + 4 * first,
             )
 
@@ -1258,7 +1262,8 @@ class _Checker:
                 self.add(
                     "bat.overlap",
                     f"{len(overlap)} BAT entries overlap other blocks in all; "
-                    f"the first {len(pairs)} overlaps are listed above",
+                    f"the first {plural(len(pairs), 'overlap')} "
+                    f"{'is' if len(pairs) == 1 else 'are'} listed above",
                     offset=table_at,
                 )
 
@@ -1345,7 +1350,7 @@ class _Checker:
             rest = leaks[MAX_REPORTED:]
             self.add(
                 "file.leak",
-                f"{sum(leak.length for leak in rest)} more bytes in {len(rest)} regions "
+                f"{sum(leak.length for leak in rest)} more bytes in {plural(len(rest), 'region')} "
                 f"belong to no structure",
                 "leak", rest[0].offset,
             )
@@ -1411,7 +1416,7 @@ class _Checker:
         for index, sector, count, data_start in findings[:MAX_REPORTED]:
             self.add(
                 code,
-                f"block {index} (data at {data_start:#x}) holds data in {count} sectors whose "
+                f"block {index} (data at {data_start:#x}) holds data in {plural(count, 'sector')} whose "
                 f"bitmap bit is clear (first: sector {sector}, at "
                 f"{data_start + sector * SECTOR_SIZE:#x}); {meaning}",
                 severity, data_start + sector * SECTOR_SIZE,
@@ -1420,8 +1425,9 @@ class _Checker:
             rest = findings[MAX_REPORTED:]
             self.add(
                 code,
-                f"{len(rest)} more blocks hold data under clear bitmap bits "
-                f"({sum(f[2] for f in rest)} sectors)",
+                f"{plural(len(rest), 'more block')} "
+                f"{'holds' if len(rest) == 1 else 'hold'} data under clear bitmap bits "
+                f"({plural(sum(f[2] for f in rest), 'sector')})",
                 severity, rest[0][3],
             )
 

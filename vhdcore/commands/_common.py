@@ -13,7 +13,7 @@ import json
 import sys
 
 from ..constants import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
-from ..sizes import format_size, parse_size
+from ..sizes import format_size, parse_size, plural  # noqa: F401 (plural: for the commands)
 
 
 def size_argument(text: str) -> int:
@@ -40,11 +40,6 @@ def count_argument(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"invalid count {text!r}: a whole number from 1")
     return int(text)
-
-
-def plural(count: int, word: str) -> str:
-    """``"1 block"``, ``"2 blocks"``: every count the commands print goes through here."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def add_format_flag(parser: argparse.ArgumentParser,

@@ -9,7 +9,7 @@ from ..image import VHD
 from ..image import open as open_image
 from ..info import describe
 from ..sizes import format_size
-from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
+from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, plural
 
 HELP = "show what an image is: type, sizes, allocation, creator, UUID, geometry, parents"
 
@@ -63,7 +63,7 @@ def run(args) -> int:
         blocks = data["blocks"]
         lines.append(
             f"allocated: {_sized(data['allocated_bytes'])} in "
-            f"{blocks['allocated']} of {blocks['total']} blocks"
+            f"{blocks['allocated']} of {plural(blocks['total'], 'block')}"
         )
         lines.append(f"block size: {format_size(data['block_size'])}")
     creator = data["creator"]
