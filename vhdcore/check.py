@@ -353,7 +353,7 @@ class CheckReport:
                 "offset": self.footer_offset,
                 "copy": self.copy_state,
             },
-            "counts": dict(self.counts),
+            "counts": self._counts(),
             "parent_path": self.parent_path,
             "deep": self.deep,
             "stopped": self.stopped,
@@ -368,9 +368,23 @@ class CheckReport:
             ],
             "leak_ranges": [{"offset": leak.offset, "length": leak.length} for leak in self.leaks],
         }
-        if self.parent is not None:
-            data["parent"] = self.parent.to_dict()
+        data["parent"] = None if self.parent is None else self.parent.to_dict()
         return data
+
+    #: The keys of ``to_dict()["counts"]``, present for every image: a
+    #: count that does not apply (blocks of a fixed image, ``deep_*``
+    #: without ``deep``) or was not reached (checking stopped) is ``None``.
+    COUNT_KEYS = (
+        "block_size", "blocks", "max_table_entries", "metadata_end", "allocated_blocks",
+        "data_end", "leaked_bytes", "batmap_offset", "deep_blocks_read",
+        "deep_dirty_sectors", "parent_found",
+    )
+
+    def _counts(self) -> dict:
+        counts = {**dict.fromkeys(self.COUNT_KEYS), **self.counts}
+        if self.type == "differencing" and counts["parent_found"] is None:
+            counts["parent_found"] = 0
+        return counts
 
 
 def check(
