@@ -112,7 +112,10 @@ class ConversionResult:
             up to a sector for VHD, to a MiB for ``azure``).
         bytes_read: bytes read from the source (data runs only).
         bytes_unread: zero runs skipped without reading (holes, unallocated).
-        bytes_written: disk bytes stored as data in the output.
+        bytes_written: bytes of the virtual disk written as data: aligned
+            4 KiB units that hold a non-zero byte. The same figure for every
+            source kind (file, VHD of any type, stream) and output format;
+            what the output occupies on disk is not this (see output_size).
         bytes_zero: virtual bytes of the output not stored as data
             (``virtual_size - bytes_written``).
         output_size: length of the output file or stream.
