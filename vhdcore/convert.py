@@ -114,8 +114,10 @@ class ConversionResult:
         bytes_unread: zero runs skipped without reading (holes, unallocated).
         bytes_written: bytes of the virtual disk written as data: aligned
             4 KiB units that hold a non-zero byte. The same figure for every
-            source kind (file, VHD of any type, stream) and output format;
-            what the output occupies on disk is not this (see output_size).
+            source kind (file, VHD of any type, stream) and output format,
+            except that runs copied file to file unread (dynamic output
+            from a file, no digest) count as copied: up to 4 KiB more per
+            run. What the output occupies on disk is not this figure.
         bytes_zero: virtual bytes of the output not stored as data
             (``virtual_size - bytes_written``).
         output_size: length of the output file or stream.
