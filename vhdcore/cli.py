@@ -109,7 +109,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in [only] if only else command_names():
         module = importlib.import_module(f"{commands.__name__}.{name}")
-        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        command = sub.add_parser(
+            name, help=module.HELP, description=module.HELP,
+            epilog="exit status: 0 success, 1 could not do it, 64 usage error; "
+                   "'vhdcore --help' has the whole table",
+        )
         module.add_arguments(command)
         command.set_defaults(_module=module)
     return parser
