@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..constants import DEFAULT_BLOCK_SIZE
 from ..create import create
-from ..info import describe
 from ..errors import UsageError
+from ..info import describe
 from ._common import (
     add_chain_flags,
     add_json_flag,
