@@ -37,7 +37,7 @@ def test_raw_map_shows_holes(raw):
     covers(extents, 8 * MiB)
     data = [(e["offset"], e["length"]) for e in extents if e["state"] == "data"]
     assert data == [(0, 64 * KiB), (5 * MiB, 8 * KiB)]
-    assert all(e["file_offset"] == (e["offset"] if e["state"] == "data" else -1) for e in extents)
+    assert all(e["file_offset"] == (e["offset"] if e["state"] == "data" else None) for e in extents)
 
 
 def test_dynamic_map_points_into_the_file(tmp_path, raw):
@@ -70,7 +70,7 @@ def test_chain_map_shows_parent_depth(tmp_path, raw):
     extents = allocation_map(child)
     covers(extents, 8 * MiB)
     by_state = {(e["state"], e["depth"]) for e in extents}
-    assert ("parent", 1) in by_state and ("data", 0) in by_state and ("zero", -1) in by_state
+    assert ("parent", 1) in by_state and ("data", 0) in by_state and ("zero", None) in by_state
     parent = [e for e in extents if e["state"] == "parent"]
     assert all(e["file"] == str(base) for e in parent)
 

@@ -17,6 +17,7 @@ from ._backend import kernels
 from .constants import BAT_UNUSED, LEGACY_FOOTER_SIZE, SECTOR_SIZE
 from .errors import CorruptImageError
 from .problems import Problem
+from .sizes import plural
 
 __all__ = [
     "bitmap_bytes_for",
@@ -234,9 +235,11 @@ def validate_bat(
         problems.append(
             Problem(
                 "bat.beyond_size",
-                f"{where}: {len(extra)} BAT entries past the {needed} blocks of the virtual "
-                f"size are allocated (first: entry {first}, value {int(table[first]):#x}); "
-                f"they are ignored",
+                f"{where}: {plural(len(extra), 'BAT entry', 'BAT entries')} past the "
+                f"{plural(needed, 'block')} of the virtual "
+                f"size {'is' if len(extra) == 1 else 'are'} allocated (first: entry {first}, "
+                f"value {int(table[first]):#x}); {'it is' if len(extra) == 1 else 'they are'} "
+                f"ignored",
                 "warning",
                 table_offset + 4 * first,
                 CorruptImageError,

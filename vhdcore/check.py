@@ -78,6 +78,7 @@ from .footer import Footer
 from .header import DynamicHeader
 from .locators import candidate_paths, decode_locator
 from .problems import Problem
+from .sizes import plural
 
 __all__ = [
     "check",
@@ -357,7 +358,7 @@ class CheckReport:
                 "offset": self.footer_offset,
                 "copy": self.copy_state,
             },
-            "counts": dict(self.counts),
+            "counts": self._counts(),
             "parent_path": self.parent_path,
             "deep": self.deep,
             "stopped": self.stopped,
@@ -372,9 +373,23 @@ class CheckReport:
             ],
             "leak_ranges": [{"offset": leak.offset, "length": leak.length} for leak in self.leaks],
         }
-        if self.parent is not None:
-            data["parent"] = self.parent.to_dict()
+        data["parent"] = None if self.parent is None else self.parent.to_dict()
         return data
+
+    #: The keys of ``to_dict()["counts"]``, present for every image: a
+    #: count that does not apply (blocks of a fixed image, ``deep_*``
+    #: without ``deep``) or was not reached (checking stopped) is ``None``.
+    COUNT_KEYS = (
+        "block_size", "blocks", "max_table_entries", "metadata_end", "allocated_blocks",
+        "data_end", "leaked_bytes", "batmap_offset", "deep_blocks_read",
+        "deep_dirty_sectors", "parent_found",
+    )
+
+    def _counts(self) -> dict:
+        counts = {**dict.fromkeys(self.COUNT_KEYS), **self.counts}
+        if self.type == "differencing" and counts["parent_found"] is None:
+            counts["parent_found"] = 0
+        return counts
 
 
 def check(
@@ -1084,8 +1099,11 @@ class _Checker:
         if total:
             self.add(
                 "bat.beyond_size",
-                f"{total} BAT entries past the {entries} blocks of the virtual size are "
-                f"allocated (first: entry {first}); readers ignore them",
+                f"{plural(total, 'BAT entry', 'BAT entries')} past the "
+                f"{plural(entries, 'block')} of the virtual size "
+                f"{'is' if total == 1 else 'are'} "
+                f"allocated (first: entry {first}); readers ignore "
+                f"{'it' if total == 1 else 'them'}",
                 "warning", header.table_offset + 4 * first,
             )
 
@@ -1285,7 +1303,8 @@ class _Checker:
                 self.add(
                     "bat.overlap",
                     f"{len(overlap)} BAT entries overlap other blocks in all; "
-                    f"the first {len(pairs)} overlaps are listed above",
+                    f"the first {plural(len(pairs), 'overlap')} "
+                    f"{'is' if len(pairs) == 1 else 'are'} listed above",
                     offset=table_at,
                 )
 
@@ -1372,7 +1391,7 @@ class _Checker:
             rest = leaks[MAX_REPORTED:]
             self.add(
                 "file.leak",
-                f"{sum(leak.length for leak in rest)} more bytes in {len(rest)} regions "
+                f"{sum(leak.length for leak in rest)} more bytes in {plural(len(rest), 'region')} "
                 f"belong to no structure",
                 "leak", rest[0].offset,
             )
@@ -1438,7 +1457,7 @@ class _Checker:
         for index, sector, count, data_start in findings[:MAX_REPORTED]:
             self.add(
                 code,
-                f"block {index} (data at {data_start:#x}) holds data in {count} sectors whose "
+                f"block {index} (data at {data_start:#x}) holds data in {plural(count, 'sector')} whose "
                 f"bitmap bit is clear (first: sector {sector}, at "
                 f"{data_start + sector * SECTOR_SIZE:#x}); {meaning}",
                 severity, data_start + sector * SECTOR_SIZE,
@@ -1447,8 +1466,9 @@ class _Checker:
             rest = findings[MAX_REPORTED:]
             self.add(
                 code,
-                f"{len(rest)} more blocks hold data under clear bitmap bits "
-                f"({sum(f[2] for f in rest)} sectors)",
+                f"{plural(len(rest), 'more block')} "
+                f"{'holds' if len(rest) == 1 else 'hold'} data under clear bitmap bits "
+                f"({plural(sum(f[2] for f in rest), 'sector')})",
                 severity, rest[0][3],
             )
 

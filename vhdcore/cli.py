@@ -9,6 +9,12 @@ convention says otherwise, e.g. ``compare`` uses 2 as ``qemu-img`` does).
 A :class:`~vhdcore.errors.VHDError` or ``OSError`` becomes one line on
 stderr naming the command and the problem, never a traceback.
 
+Exit codes are one table for every command (:data:`EXIT_CODES`, printed
+by ``vhdcore --help``): a mistake in the command line, caught by argparse
+or raised as :class:`~vhdcore.errors.UsageError`, is 64 (``EX_USAGE``
+from sysexits.h), apart from every verdict: argparse's own 2 would read
+as ``check``'s "corrupt".
+
 Start-up matters (a conversion of an empty image is over in a few
 milliseconds): when the first argument names a command, only that
 command's module is imported and given a parser; the full table is built
@@ -21,19 +27,65 @@ import argparse
 import importlib
 import os
 import pkgutil
+import re
 import sys
 import warnings
 
 from . import __version__, commands
-from .errors import VHDError
+from .errors import UsageError, VHDError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_USAGE = 2
+#: A mistake in the command line: unknown flag, missing argument, a bad
+#: value, contradictory options. Nothing was opened for writing.
+EXIT_USAGE = 64
 EXIT_INTERRUPTED = 130
 #: The reader of our stdout went away (``vhdcore map | head``): exit as a
 #: tool killed by SIGPIPE would, quietly.
 EXIT_BROKEN_PIPE = 141
+
+
+#: The exit status table, for ``vhdcore --help`` (README "Commands" holds
+#: the same table; a test keeps them equal to what the commands return).
+EXIT_CODES = """\
+exit status (the same for every command):
+  0    success; check: no errors (warnings allowed); compare: identical
+  1    could not do it: a file missing, unreadable, locked or not an image,
+       the destination exists (use --force), an I/O error;
+       compare: the images differ
+  2    check: corruption found; repair: errors remain;
+       compare: could not compare (compare's 1 and 2 are qemu-img's)
+  3    check: only leaked space found (no errors)
+  64   usage: unknown flag, missing or extra argument, a bad size, block
+       size or count, options that contradict each other; nothing changed
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM); 141 stdout closed
+"""
+
+
+class _UsageMistake(Exception):
+    """argparse found a mistake in the command line (raised instead of exiting 2)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose mistakes become :data:`EXIT_USAGE`, not exit 2.
+
+    A value that starts with ``-`` and a digit (``resize IMG -32M``,
+    ``--block-size -4K``) is taken as a value, as Python 3.13's argparse
+    does, so the argument's type says what is wrong with it instead of
+    "expected one argument". No flag of ours starts with a digit.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+    def error(self, message):
+        raise _UsageMistake(self, message)
 
 
 def command_names() -> list[str]:
@@ -47,15 +99,21 @@ def command_names() -> list[str]:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser: every command, or only the command ``only``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vhdcore",
         description="Inspect, create, convert, check and repair VHD disk images.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"vhdcore {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in [only] if only else command_names():
         module = importlib.import_module(f"{commands.__name__}.{name}")
-        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        command = sub.add_parser(
+            name, help=module.HELP, description=module.HELP,
+            epilog="exit status: 0 success, 1 could not do it, 64 usage error; "
+                   "'vhdcore --help' has the whole table",
+        )
         module.add_arguments(command)
         command.set_defaults(_module=module)
     return parser
@@ -91,11 +149,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> int:
     only = argv[0] if argv and argv[0] in command_names() else None
-    args = build_parser(only).parse_args(argv)
+    try:
+        args = build_parser(only).parse_args(argv)
+    except _UsageMistake as mistake:
+        mistake.parser.print_usage(sys.stderr)
+        print(f"{mistake.parser.prog}: error: {mistake.message}", file=sys.stderr)
+        return EXIT_USAGE
     module = args._module
     error_exit = getattr(module, "ERROR_EXIT", EXIT_ERROR)
     try:
         return int(module.run(args))
+    except UsageError as exc:
+        print(f"vhdcore {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except VHDError as exc:
         print(f"vhdcore {args.command}: {exc}", file=sys.stderr)
         return error_exit

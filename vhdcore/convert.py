@@ -55,7 +55,14 @@ from .constants import (
     SECTOR_SIZE,
 )
 from .digest import Hasher
-from .errors import ConversionError, LimitError, LockedError, UnsupportedError, storage_error
+from .errors import (
+    ArgumentLimitError,
+    ConversionError,
+    LimitError,
+    LockedError,
+    UnsupportedError,
+    storage_error,
+)
 from .fileio import open_image_file
 from .progress import Progress
 from .rawimage import StreamWriter
@@ -106,7 +113,12 @@ class ConversionResult:
             up to a sector for VHD, to a MiB for ``azure``).
         bytes_read: bytes read from the source (data runs only).
         bytes_unread: zero runs skipped without reading (holes, unallocated).
-        bytes_written: disk bytes stored as data in the output.
+        bytes_written: bytes of the virtual disk written as data: aligned
+            4 KiB units that hold a non-zero byte. The same figure for every
+            source kind (file, VHD of any type, stream) and output format,
+            except that runs copied file to file unread (dynamic output
+            from a file, no digest) count as copied: up to 4 KiB more per
+            run. What the output occupies on disk is not this figure.
         bytes_zero: virtual bytes of the output not stored as data
             (``virtual_size - bytes_written``).
         output_size: length of the output file or stream.
@@ -180,7 +192,7 @@ def output_format_for(dst, out_format: Optional[str], azure: bool) -> str:
 
 def _check_block_size(block_size: int) -> None:
     if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
-        raise LimitError(
+        raise ArgumentLimitError(
             f"block size {block_size} must be a power of two from {MIN_BLOCK_SIZE} "
             f"to {format_size(MAX_BLOCK_SIZE)}"
         )

@@ -34,7 +34,7 @@ from .constants import (
     PLATFORM_W2RU,
     SECTOR_SIZE,
 )
-from .errors import LimitError, UnsafeParentError, VHDError, storage_error
+from .errors import ArgumentLimitError, LimitError, UnsafeParentError, VHDError, storage_error
 from .footer import Footer, vhd_timestamp
 from .header import DynamicHeader, ParentLocator
 from .locators import encode_locator, relative_parent_path
@@ -56,7 +56,7 @@ def _check_block_size(block_size: int) -> None:
         or block_size > MAX_BLOCK_SIZE
         or block_size & (block_size - 1)
     ):
-        raise LimitError(
+        raise ArgumentLimitError(
             f"block size {block_size} must be a power of two from {MIN_BLOCK_SIZE} "
             f"to {MAX_BLOCK_SIZE} bytes"
         )
@@ -198,7 +198,7 @@ def create(
             if size is None:
                 size = parent_image.virtual_size
             elif size != parent_image.virtual_size:
-                raise LimitError(
+                raise ArgumentLimitError(
                     f"{path}: size {size} differs from the parent's virtual size "
                     f"{parent_image.virtual_size}"
                 )
@@ -207,13 +207,13 @@ def create(
         if size is None:
             raise VHDError(f"{path}: a size is needed for a {type} image")
         if size < 0:
-            raise LimitError(f"{path}: size {size} is negative")
+            raise ArgumentLimitError(f"{path}: size {size} is negative")
         rounded = _round_up(size, SECTOR_SIZE)
         if rounded != size:
             notes.append(f"size {size} rounded up to {rounded} bytes (a whole sector)")
         limit = MAX_FIXED_SIZE if disk_type == DISK_FIXED else MAX_DYNAMIC_SIZE
         if rounded > limit:
-            raise LimitError(
+            raise ArgumentLimitError(
                 f"{path}: size {rounded} bytes exceeds the {limit} byte limit for {type} VHDs"
             )
         if disk_type == DISK_FIXED and rounded > MAX_DYNAMIC_SIZE:

@@ -24,12 +24,32 @@ class CorruptImageError(FormatError):
     """Structures parse but contradict each other or the file."""
 
 
+class UsageError(VHDError, ValueError):
+    """The caller asked wrongly: a bad value, or options that contradict each other.
+
+    Raised before anything is opened for writing or changed. The command
+    line exits 64 (``EX_USAGE``) for it, as for a mistyped flag, so a
+    script can tell "called wrongly" from "could not do it" (1) and from
+    ``check``'s verdicts (2, 3).
+    """
+
+
 class UnsupportedError(VHDError):
     """A valid image or request that vhdcore does not handle."""
 
 
 class LimitError(VHDError, ValueError):
     """A size, count or depth beyond what the format or a policy allows."""
+
+
+class ArgumentLimitError(LimitError, UsageError):
+    """A size or block size the caller asked for lies beyond what the format allows.
+
+    Both a :class:`LimitError` and a :class:`UsageError`: nothing was
+    changed, and asking for another value fixes it (exit 64). A limit
+    met by the data (a source too large for a dynamic VHD) stays a plain
+    :class:`LimitError`.
+    """
 
 
 class ParentNotFoundError(VHDError, FileNotFoundError):

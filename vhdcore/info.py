@@ -1,8 +1,16 @@
-"""What ``vhdcore info`` reports about an image, as a plain dict."""
+"""What ``vhdcore info`` reports about an image, as a plain dict.
+
+The dict has the same keys, nested ones included, for every kind of
+image (fixed, dynamic, differencing, raw): a field that does not apply
+is ``None`` (JSON ``null``), never missing, so a script can read
+``data["blocks"]["total"]`` or ``data["parent_uuid"]`` without first
+asking which kind it has.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 from .constants import VHD_EPOCH
 
@@ -30,7 +38,7 @@ def describe(image, missing_parent: str | None = None) -> dict:
     geometry = footer.geometry
     if image.block_count is None:
         allocated = image.virtual_size
-        blocks = None
+        blocks = {"allocated": None, "total": None}
     else:
         count = image.allocated_blocks
         allocated = min(count * image.block_size, footer.current_size)
@@ -61,6 +69,9 @@ def describe(image, missing_parent: str | None = None) -> dict:
         },
         "saved_state": bool(footer.saved_state),
         "notes": list(image.notes),
+        "parent_uuid": None,
+        "parent_name": None,
+        "parent_timestamp": None,
     }
     if image.header is not None and image.type == "differencing":
         header = image.header
@@ -75,7 +86,45 @@ def describe(image, missing_parent: str | None = None) -> dict:
     if missing_parent is not None:
         data["chain"].append(
             {"depth": len(data["chain"]), "filename": None, "type": None,
-             "uuid": data.get("parent_uuid"), "virtual_size": None}
+             "uuid": data["parent_uuid"], "virtual_size": None}
         )
         data["notes"].append(missing_parent)
     return data
+
+
+def describe_raw(source) -> dict:
+    """:func:`describe`'s dict for a raw image (an open raw :class:`~vhdcore.sources.Source`).
+
+    The same keys: what only a VHD records (size rule, creator, UUID,
+    geometry, blocks) is ``None``; ``allocated_bytes`` counts the stored
+    (non-hole) runs, as ``map`` shows them.
+    """
+    allocated = sum(length for _offset, length, is_data in source.runs() if is_data)
+    try:
+        file_size = os.stat(source.name).st_size
+    except OSError:
+        file_size = source.virtual_size
+    return {
+        "filename": source.name,
+        "format": "raw",
+        "type": "raw",
+        "virtual_size": source.virtual_size,
+        "size_rule": None,
+        "current_size": None,
+        "chs_size": None,
+        "file_size": file_size,
+        "allocated_bytes": allocated,
+        "blocks": {"allocated": None, "total": None},
+        "block_size": None,
+        "creator": {"application": None, "version": None, "host_os": None},
+        "uuid": None,
+        "timestamp": None,
+        "geometry": {"cylinders": None, "heads": None, "sectors_per_track": None},
+        "saved_state": None,
+        "notes": list(source.notes),
+        "parent_uuid": None,
+        "parent_name": None,
+        "parent_timestamp": None,
+        "chain": [{"depth": 0, "filename": source.name, "type": "raw", "uuid": None,
+                   "virtual_size": source.virtual_size}],
+    }

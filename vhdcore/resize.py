@@ -60,7 +60,7 @@ from .constants import (
     SECTOR_SIZE,
 )
 from ._backend import kernels
-from .errors import LimitError, VHDError
+from .errors import ArgumentLimitError, VHDError
 from .extent import ZERO
 from .footer import (
     DEFAULT_CREATOR_APP,
@@ -408,7 +408,7 @@ def resize(path, size: int, *, force: bool = False, **open_options) -> ResizeRes
                               notes=notes)
         limit = MAX_FIXED_SIZE if image.type == "fixed" else MAX_DYNAMIC_SIZE
         if rounded > limit or rounded <= 0:
-            raise LimitError(
+            raise ArgumentLimitError(
                 f"{path}: size {rounded} bytes is outside 1..{limit} bytes for a {image.type} VHD"
             )
         old = image.virtual_size

@@ -1,4 +1,4 @@
-"""Human-readable sizes: ``512M`` in, ``512 MiB`` out.
+"""Human-readable sizes and counts: ``512M`` in, ``512 MiB`` and ``1 block`` out.
 
 Suffixes are binary, as in qemu-img: K, M, G, T, P and E multiply by
 powers of 1024; an optional trailing ``B`` or ``iB`` is accepted and a
@@ -44,3 +44,12 @@ def format_size(size: int) -> str:
             return f"{value:.2f}".rstrip("0").rstrip(".") + f" {unit}"
         value /= 1024
     return f"{size} B"  # unreachable
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``"1 block"``, ``"2 blocks"``: a count and its noun, agreeing.
+
+    ``many`` is the plural when it is not ``word + "s"`` (``"entry"``,
+    ``"entries"``).
+    """
+    return f"{count} {word if count == 1 else (many or word + 's')}"

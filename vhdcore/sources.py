@@ -613,8 +613,10 @@ def compare_images(
     ``size_b`` in the report show the difference.
 
     Returns:
-        ``{"a", "b", "format_a", "format_b", "size_a", "size_b",
-        "identical", "first_difference"}`` (offset or ``None``).
+        ``{"a", "b", "format_a", "type_a", "format_b", "type_b", "size_a",
+        "size_b", "identical", "first_difference"}``: format ``"raw"`` or
+        ``"vhd"``, type ``"raw"``, ``"fixed"``, ``"dynamic"`` or
+        ``"differencing"``; first_difference an offset or ``None``.
 
     Raises:
         VHDError: an image cannot be read (or is a pipe).
@@ -639,8 +641,10 @@ def compare_images(
             return {
                 "a": source_a.name,
                 "b": source_b.name,
-                "format_a": source_a.format if source_a.format == "raw" else source_a.kind,
-                "format_b": source_b.format if source_b.format == "raw" else source_b.kind,
+                "format_a": source_a.format,
+                "type_a": source_a.kind,
+                "format_b": source_b.format,
+                "type_b": source_b.kind,
                 "size_a": size_a,
                 "size_b": size_b,
                 "identical": found is None,
@@ -660,8 +664,9 @@ def allocation_map(image, fmt: Optional[str] = None, open_options=None) -> List[
     Returns:
         One dict per run, in order: ``offset``, ``length``, ``state``
         (``"data"``, ``"parent"`` or ``"zero"``), ``depth`` (0 this image,
-        1 its parent, ...; -1 for zero), ``file_offset`` (-1 for zero) and
-        ``file`` (the file holding the run, ``None`` for zero). For a raw
+        1 its parent, ...; ``None`` for zero), ``file_offset`` (``None`` for
+        zero) and ``file`` (the file holding the run, ``None`` for zero): a
+        zero run is stored nowhere, so where it is does not apply. For a raw
         file, holes are ``zero`` and stored runs ``data``.
     """
     source, owned = as_source(image, fmt, open_options)
@@ -673,8 +678,8 @@ def allocation_map(image, fmt: Optional[str] = None, open_options=None) -> List[
                     "offset": extent.offset,
                     "length": extent.length,
                     "state": extent.state,
-                    "depth": extent.depth,
-                    "file_offset": extent.file_offset,
+                    "depth": extent.depth if extent.depth >= 0 else None,
+                    "file_offset": extent.file_offset if extent.file_offset >= 0 else None,
                     "file": members[extent.depth].path if extent.depth >= 0 else None,
                 }
                 for extent in source.image.extents()
@@ -686,8 +691,8 @@ def allocation_map(image, fmt: Optional[str] = None, open_options=None) -> List[
                 "offset": offset,
                 "length": length,
                 "state": "data" if is_data else "zero",
-                "depth": 0 if is_data else -1,
-                "file_offset": offset if is_data else -1,
+                "depth": 0 if is_data else None,
+                "file_offset": offset if is_data else None,
                 "file": source.name if is_data else None,
             }
             for offset, length, is_data in source.runs()

@@ -122,7 +122,9 @@ class Writer:
         out: the destination (ImageFile or StreamWriter).
         unit: data pieces handed to :meth:`data` must not cross a multiple
             of this (the dynamic block size; raw and fixed take any).
-        bytes_written: disk bytes stored as data (zeros left out).
+        bytes_written: bytes of the disk stored as data: aligned 4 KiB
+            units holding a non-zero byte (the same count for every writer
+            and source kind; what the file occupies is another matter).
     """
 
     format = "raw"
@@ -363,12 +365,18 @@ class DynamicWriter(Writer):
         return self.plan is None and fd_of(self.out) is not None
 
     def data(self, offset, view):
-        if kernels.is_zero(view):
+        runs = nonzero_runs(view, SPARSE_GRANULARITY, offset)
+        if not runs:
             return 0
         start = self._block_start(offset)
         self._put(start, view)
-        self.bytes_written += len(view)
-        return len(view)
+        # Counted as raw and fixed output count it, in aligned 4 KiB units
+        # with a non-zero byte, so bytes_written is the same figure for
+        # every source kind: a stream hands over whole blocks, a file only
+        # its data runs.
+        stored = sum(end - begin for begin, end in runs)
+        self.bytes_written += stored
+        return stored
 
     def copy(self, offset, length, fd, file_offset):
         start = self._block_start(offset)

@@ -1,4 +1,10 @@
-"""Argument types and output helpers shared by the subcommands."""
+"""Argument types and output helpers shared by the subcommands.
+
+Every value the command line takes is checked by one of the argument
+types here, at parse time: a bad size, block size or count is then a
+usage error (exit 64) like any other mistake in the command line, the
+same code whatever is wrong with the value.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ import argparse
 import json
 import sys
 
-from ..sizes import parse_size
+from ..constants import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+from ..sizes import format_size, parse_size, plural  # noqa: F401 (plural: for the commands)
 
 
 def size_argument(text: str) -> int:
@@ -19,6 +26,22 @@ def size_argument(text: str) -> int:
 
 #: ``-f`` values: ``vpc`` is qemu's name for VHD, accepted where users type it.
 INPUT_FORMATS = ("raw", "vhd", "vpc")
+def block_size_argument(text: str) -> int:
+    """argparse type for ``--block-size``: a power of two the format allows."""
+    size = size_argument(text)
+    if not MIN_BLOCK_SIZE <= size <= MAX_BLOCK_SIZE or size & (size - 1):
+        raise argparse.ArgumentTypeError(
+            f"invalid block size {text!r}: a power of two from {format_size(MIN_BLOCK_SIZE)} "
+            f"to {format_size(MAX_BLOCK_SIZE)} (e.g. 512K or 2M)"
+        )
+    return size
+
+
+def count_argument(text: str) -> int:
+    """argparse type for counts such as ``--max-chain-depth``: a whole number from 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: a whole number from 1")
+    return int(text)
 
 
 def add_format_flag(parser: argparse.ArgumentParser,
@@ -64,7 +87,7 @@ def add_chain_flags(parser: argparse.ArgumentParser) -> None:
         help="follow symbolic links in parent paths (the target must still be in an allowed dir)",
     )
     parser.add_argument(
-        "--max-chain-depth", type=int, default=None, metavar="N",
+        "--max-chain-depth", type=count_argument, default=None, metavar="N",
         help="refuse chains of more than N images (default 30)",
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..check import check
 from ..sizes import format_size
-from ._common import add_chain_flags, add_json_flag, add_vhd_format_flag, chain_options, emit_json
+from ._common import add_chain_flags, add_json_flag, add_vhd_format_flag, chain_options, emit_json, plural
 
 HELP = (
     "check an image's structure and report every problem "
@@ -31,10 +31,6 @@ def add_arguments(parser):
         help="also read every allocated block: data under clear bitmap bits must be zero",
     )
     add_chain_flags(parser)
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _member_lines(report) -> list:
@@ -79,15 +75,15 @@ def render(report) -> str:
         lines += _member_lines(member)
     errors, warnings = len(report.errors), len(report.warnings)
     leaks = sum(len(member.leaks) for member in report.chain)
-    extra = f" ({_plural(warnings, 'warning')})" if warnings else ""
+    extra = f" ({plural(warnings, 'warning')})" if warnings else ""
     if errors:
         lines.append(
-            f"{_plural(errors, 'error')} found{extra}: the image is corrupt; "
+            f"{plural(errors, 'error')} found{extra}: the image is corrupt; "
             f"'vhdcore repair --dry-run' shows what can be fixed."
         )
     elif leaks:
         lines.append(
-            f"No errors; {_plural(leaks, 'leaked region')} ({report.leaked_bytes} bytes) "
+            f"No errors; {plural(leaks, 'leaked region')} ({report.leaked_bytes} bytes) "
             f"found{extra}: wasted space, no harm to the data."
         )
     else:

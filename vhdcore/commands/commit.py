@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..commit import commit
 from ..progress import Progress
 from ..sizes import format_size
-from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
+from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, plural
 
 HELP = "copy every sector a differencing image holds into its parent (vhd-util coalesce)"
 
@@ -47,9 +47,8 @@ def run(args) -> int:
         emit_json(result.to_dict())
     else:
         print(f"committed {result.child} into {result.parent} ({result.parent_type}): "
-              f"{format_size(result.bytes_copied)} in {result.runs} runs, "
-              f"{result.blocks_allocated} new parent block"
-              f"{'' if result.blocks_allocated == 1 else 's'}, {result.seconds} s")
+              f"{format_size(result.bytes_copied)} in {plural(result.runs, 'run')}, "
+              f"{plural(result.blocks_allocated, 'new parent block')}, {result.seconds} s")
         if result.child_removed:
             print(f"removed {result.child}")
     return 0

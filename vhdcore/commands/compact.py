@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..compact import compact
 from ..sizes import format_size
-from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
+from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, plural
 from .commit import add_progress_flag, progress_meter
 
 HELP = "release blocks that hold only zeros and shrink the file (in place, or into -o OUTPUT)"
@@ -21,6 +21,21 @@ def add_arguments(parser):
     add_json_flag(parser)
 
 
+def render(result) -> str:
+    """The one-line report; a dry run says what *would* happen, in the conditional."""
+    where = f" into {result.output}" if result.output else ""
+    zeros = f"{result.blocks_dropped} of {plural(result.blocks_before, 'block')}"
+    if result.dry_run:
+        head = f"would compact {result.image}{where}: {zeros} " + (
+            "holds only zeros" if result.blocks_dropped == 1 else "hold only zeros")
+        moved, reclaim = f"{result.blocks_moved} would move", "would reclaim"
+    else:
+        head = f"compacted {result.image}{where}: {zeros} held only zeros"
+        moved, reclaim = f"{result.blocks_moved} moved", "reclaimed"
+    return (f"{head}, {moved}; {reclaim} {format_size(result.bytes_reclaimed)} "
+            f"({result.file_size_before} -> {result.file_size_after} bytes)")
+
+
 def run(args) -> int:
     meter, update = progress_meter(args, "compact")
     result = compact(args.image, output=args.output, dry_run=args.dry_run,
@@ -31,10 +46,5 @@ def run(args) -> int:
     if args.json:
         emit_json(result.to_dict())
     else:
-        verb = "would reclaim" if result.dry_run else "reclaimed"
-        where = f" into {result.output}" if result.output else ""
-        print(f"compacted {result.image}{where}: {result.blocks_dropped} of "
-              f"{result.blocks_before} blocks were zeros, {result.blocks_moved} moved; {verb} "
-              f"{format_size(result.bytes_reclaimed)} ({result.file_size_before} -> "
-              f"{result.file_size_after} bytes)")
+        print(render(result))
     return 0

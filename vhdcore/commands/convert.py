@@ -15,9 +15,10 @@ from ._common import (
     add_chain_flags,
     add_format_flag,
     add_json_flag,
+    block_size_argument,
     chain_options,
     emit_json,
-    size_argument,
+    plural,
 )
 
 HELP = "convert an image: raw or VHD (fixed, dynamic, differencing chain) to raw, fixed or dynamic"
@@ -39,7 +40,7 @@ def add_arguments(parser):
     )
     parser.add_argument(
         "--block-size",
-        type=size_argument,
+        type=block_size_argument,
         metavar="SIZE",
         help="block size of a dynamic output (default 2M)",
     )
@@ -119,7 +120,7 @@ def run(args) -> int:
         f"{result.input_format}" if result.input_format == "raw" else f"vhd {result.input_type}"
     )
     allocated = (
-        f"; {result.blocks_allocated} blocks allocated"
+        f"; {plural(result.blocks_allocated, 'block')} allocated"
         if result.blocks_allocated is not None
         else ""
     )

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from ..constants import DEFAULT_BLOCK_SIZE
 from ..create import create
+from ..errors import UsageError
 from ..info import describe
-from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, size_argument
+from ._common import (
+    add_chain_flags,
+    add_json_flag,
+    block_size_argument,
+    chain_options,
+    emit_json,
+    size_argument,
+)
 
 HELP = "create a new fixed, dynamic or differencing (--parent) VHD image"
 
@@ -16,7 +24,7 @@ def add_arguments(parser):
                         help="virtual size, e.g. 512M or 10G (optional with --parent)")
     parser.add_argument("--type", choices=("dynamic", "fixed"), default=None,
                         help="image type (default dynamic; differencing with --parent)")
-    parser.add_argument("--block-size", type=size_argument, default=DEFAULT_BLOCK_SIZE,
+    parser.add_argument("--block-size", type=block_size_argument, default=DEFAULT_BLOCK_SIZE, metavar="SIZE",
                         help="block size of a dynamic image (default 2M)")
     parser.add_argument("--parent", help="make a differencing image on top of PARENT")
     parser.add_argument("--force", action="store_true", help="replace an existing file")
@@ -26,9 +34,9 @@ def add_arguments(parser):
 
 def run(args) -> int:
     if args.parent and args.type == "fixed":
-        raise SystemExit("vhdcore create: --parent makes a differencing image; drop --type fixed")
+        raise UsageError("--parent makes a differencing image; drop --type fixed")
     if args.size is None and not args.parent:
-        raise SystemExit("vhdcore create: SIZE is required without --parent")
+        raise UsageError("SIZE is required without --parent")
     image = create(
         args.image, args.size, type=args.type, block_size=args.block_size,
         parent=args.parent, overwrite=args.force, **chain_options(args),

@@ -11,17 +11,20 @@ seed), so two runs print the same digests.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import shutil
 import sys
 import tempfile
 
+from ..errors import VHDError
 from ._common import size_argument
 
 HELP = "generate a sample disk and convert it raw -> dynamic -> fixed -> raw, verifying digests"
 
 MIB = 1 << 20
+SECTOR = 512
 DEFAULT_SIZE = 256 * MIB
 SEED = 20261125
 
@@ -30,15 +33,56 @@ def add_arguments(parser):
     parser.add_argument(
         "--dir",
         metavar="DIR",
-        help="put the files in DIR and keep them (default: a temporary directory, removed)",
+        help="put the files in DIR (created if missing; its parent must exist) and keep "
+             "them (default: a temporary directory, removed)",
     )
     parser.add_argument(
         "--size",
-        type=size_argument,
+        type=sample_size_argument,
         default=DEFAULT_SIZE,
         metavar="SIZE",
-        help="virtual size of the sample disk (default 256M, at least 4M)",
+        help="virtual size of the sample disk: whole sectors (512 bytes), at least 1M "
+             "(default 256M)",
     )
+
+
+def sample_size_argument(text: str) -> int:
+    """argparse type for ``--size``: a size the demo uses exactly, or a clear refusal.
+
+    Whole sectors, so every step keeps the same virtual size and digest
+    (a VHD pads its disk to a sector); at least 1 MiB, the sample's
+    boot sector and the gap after it, as a partitioned disk begins.
+    """
+    size = size_argument(text)
+    if size < MIB or size % SECTOR:
+        raise argparse.ArgumentTypeError(
+            f"invalid sample size {text!r}: whole sectors (a multiple of 512 bytes), "
+            f"at least 1M"
+        )
+    return size
+
+
+#: The files a run makes, in order; DIR must not hold them already.
+FILES = ("sample.raw", "sample.vhd", "sample-fixed.vhd", "roundtrip.raw")
+
+
+def _directory(where: str) -> str:
+    """DIR, made if missing; a missing parent or a leftover demo file is an error naming it."""
+    parent = os.path.dirname(os.path.abspath(where))
+    if not os.path.isdir(parent):
+        raise VHDError(f"{where}: cannot create the directory: {parent} does not exist")
+    try:
+        os.mkdir(where)
+    except FileExistsError:
+        if not os.path.isdir(where):
+            raise VHDError(f"{where}: exists and is not a directory") from None
+    for name in FILES:
+        if os.path.lexists(os.path.join(where, name)):
+            raise VHDError(
+                f"{os.path.join(where, name)}: exists from an earlier run; remove it or "
+                f"choose another --dir"
+            )
+    return where
 
 
 def make_sample(path: str, size: int, seed: int = SEED) -> dict:
@@ -65,7 +109,7 @@ def make_sample(path: str, size: int, seed: int = SEED) -> dict:
         os.pwrite(fd, boot, 0)
         made["random"] += 512
         position = MIB  # the rest of the first MiB stays a hole, as after a partition table
-        made["holes"] += MIB - 512
+        made["holes"] += min(MIB, size) - 512
         while position < size:
             length = min(int(rng.integers(1, 33)) * 64 * 1024, size - position)
             kind = rng.random()
@@ -110,11 +154,10 @@ def run(args) -> int:
     from ..convert import convert
     from ..sizes import format_size
 
-    size = max(args.size, 4 * MIB) // MIB * MIB
+    size = args.size
     keep = args.dir is not None
     if keep:
-        os.makedirs(args.dir, exist_ok=True)
-        directory = tempfile.mkdtemp(prefix="vhdcore-demo-", dir=args.dir)
+        directory = _directory(args.dir)
     else:
         directory = tempfile.mkdtemp(prefix="vhdcore-demo-")
     out = sys.stdout
@@ -140,7 +183,7 @@ def run(args) -> int:
         print(f"  sha256 of the file (as sha256sum): {expected}", file=out)
         print(file=out)
         steps = [
-            ("raw -> dynamic", sample, "sample.vhd", "dynamic"),
+            ("raw -> dynamic", "sample.raw", "sample.vhd", "dynamic"),
             ("dynamic -> fixed", "sample.vhd", "sample-fixed.vhd", "fixed"),
             ("fixed -> raw", "sample-fixed.vhd", "roundtrip.raw", "raw"),
         ]

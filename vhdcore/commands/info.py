@@ -7,16 +7,20 @@ import sys
 from ..errors import ParentNotFoundError
 from ..image import VHD
 from ..image import open as open_image
-from ..info import describe
+from ..info import describe, describe_raw
 from ..sizes import format_size
-from ._common import add_chain_flags, add_json_flag, add_vhd_format_flag, chain_options, emit_json
+from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, plural
 
 HELP = "show what an image is: type, sizes, allocation, creator, UUID, geometry, parents"
 
 
 def add_arguments(parser):
-    parser.add_argument("image", help="the VHD image")
-    add_vhd_format_flag(parser)
+    parser.add_argument("image", help="the VHD image (or a raw one, with -f raw)")
+    parser.add_argument(
+        "-f", "--format", dest="src_format", choices=("raw", "vhd", "vpc"), default="vhd",
+        help="image format (default vhd; vpc is qemu's name for it); raw describes any file "
+             "as a raw disk, with the same JSON keys (VHD-only fields null)",
+    )
     add_json_flag(parser)
     add_chain_flags(parser)
 
@@ -41,30 +45,44 @@ def _open(args):
         return image, str(exc)
 
 
-def run(args) -> int:
+def _describe(args) -> dict:
+    if args.src_format == "raw":
+        from ..sources import open_source
+
+        with open_source(args.image, "raw") as source:
+            return describe_raw(source)
     image, missing = _open(args)
     with image:
-        data = describe(image, missing_parent=missing)
+        return describe(image, missing_parent=missing)
+
+
+def run(args) -> int:
+    data = _describe(args)
     if args.json:
         emit_json(data)
         return 0
     lines = [
         f"image: {data['filename']}",
-        "format: vhd",
+        f"format: {data['format']}",
         f"type: {data['type']}",
         f"virtual size: {_sized(data['virtual_size'])}",
     ]
+    if data["format"] == "raw":
+        lines.append(f"file size: {_sized(data['file_size'])}")
+        lines.append(f"allocated: {_sized(data['allocated_bytes'])} stored, the rest holes")
+        print("\n".join(lines))
+        return 0
     if data["chs_size"] != data["current_size"]:
         lines.append(
             f"size rule: {data['size_rule']} (current size {data['current_size']}, "
             f"CHS size {data['chs_size']})"
         )
     lines.append(f"file size: {_sized(data['file_size'])}")
-    if data["blocks"] is not None:
+    if data["block_size"] is not None:
         blocks = data["blocks"]
         lines.append(
             f"allocated: {_sized(data['allocated_bytes'])} in "
-            f"{blocks['allocated']} of {blocks['total']} blocks"
+            f"{blocks['allocated']} of {plural(blocks['total'], 'block')}"
         )
         lines.append(f"block size: {format_size(data['block_size'])}")
     creator = data["creator"]

@@ -23,8 +23,8 @@ def run(args) -> int:
         return 0
     print(f"{'Offset':<19} {'Length':<19} {'State':<7} {'Depth':>5}  {'Mapped to':<19} File")
     for extent in extents:
-        mapped = f"0x{extent['file_offset']:x}" if extent["file_offset"] >= 0 else "-"
-        depth = str(extent["depth"]) if extent["depth"] >= 0 else "-"
+        mapped = f"0x{extent['file_offset']:x}" if extent["file_offset"] is not None else "-"
+        depth = str(extent["depth"]) if extent["depth"] is not None else "-"
         print(
             f"0x{extent['offset']:<17x} 0x{extent['length']:<17x} {extent['state']:<7} "
             f"{depth:>5}  {mapped:<19} {extent['file'] or '-'}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..rebase import rebase
 from ..sizes import format_size
-from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
+from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, plural
 from .commit import add_progress_flag, progress_meter
 
 HELP = "make NEWPARENT the parent of a differencing image, keeping its contents (unless --unsafe)"
@@ -23,10 +23,6 @@ def add_arguments(parser):
     add_json_flag(parser)
 
 
-def _blocks(count):
-    return f"{count} block" + ("" if count == 1 else "s")
-
-
 def run(args) -> int:
     meter, update = progress_meter(args, "rebase")
     result = rebase(args.child, args.new_parent, unsafe=args.unsafe, progress=update,
@@ -42,7 +38,7 @@ def run(args) -> int:
         )
         print(f"rebased {result.child} from {result.old_parent} onto {result.new_parent} "
               f"({how}); locators {result.locator_placement}"
-              + (f", {_blocks(result.blocks_moved)} moved to make room"
+              + (f", {plural(result.blocks_moved, 'block')} moved to make room"
                  if result.blocks_moved else ""))
         for note in result.notes:
             print(f"note: {note}")

@@ -57,7 +57,7 @@ def render(report) -> str:
             f"(vhdcore repair IMAGE --undo BACKUP puts them back)"
         )
     if report.skipped:
-        lines.append("not repaired:")
+        lines.append("would not repair:" if report.dry_run else "not repaired:")
         for code, reason in report.skipped:
             lines.append(f"  {code}: {reason}")
     if report.after is not None:
