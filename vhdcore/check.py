@@ -168,14 +168,14 @@ PROBLEM_CODES: Dict[str, str] = {
     "bat.overlap": "error: two blocks overlap (or are the same block)",
     "bat.beyond_size": "warning: entries past the virtual size are allocated",
     "bat.too_large": "error: a BAT beyond 256 MiB, not read (checking stops)",
-    # blktap batmap (a hint only: warnings)
+    # blktap batmap (a hint: warnings, except a stale bit, which blktap refuses)
     "batmap.missing": "warning: a tap >= 1.2 image without its batmap",
     "batmap.cookie": "warning: no 'tdbatmap' cookie",
     "batmap.version": "warning: batmap version newer than 1.2",
     "batmap.offset": "warning: the map is misplaced (over the BAT, its header or the footer)",
     "batmap.size": "warning: the map has fewer bits than the BAT has entries",
     "batmap.checksum": "warning: map checksum differs",
-    "batmap.unallocated": "warning: the map marks unallocated blocks full",
+    "batmap.unallocated": "error: the map marks unallocated blocks full (vhd-util check fails)",
     # parent locators and the parent
     "locator.code": "error: unknown platform code",
     "locator.unused_nonzero": "warning: an unused entry with non-zero fields",

@@ -156,31 +156,6 @@ def _plan_moves(image, keep):
     return moves, -(-new_end // SECTOR_SIZE) * SECTOR_SIZE
 
 
-def _clear_batmap_bits(image, drops) -> None:
-    """Drop the "block is full" hints of released blocks.
-
-    The map and its header go in one write when they are adjacent (as
-    blktap lays them out); otherwise a crash between the two leaves a
-    checksum mismatch, which only makes readers ignore the hint.
-    """
-    batmap = image.batmap
-    if batmap is None or not batmap.map_trusted or not drops:
-        return
-    data = bytearray(batmap.map)
-    for block in drops:
-        data[block // 8] &= ~(0x80 >> (block % 8)) & 0xFF
-    if bytes(data) == batmap.map:
-        return
-    updated = batmap.with_map(bytes(data))
-    f = image._file
-    if updated.batmap_offset == updated.header_offset + SECTOR_SIZE:
-        f.pwrite(updated.header_offset, updated.to_bytes() + updated.map)
-    else:
-        f.pwrite(updated.batmap_offset, updated.map)
-        f.pwrite(updated.header_offset, updated.to_bytes())
-    f.flush()
-
-
 def compact(
     path,
     *,
@@ -243,8 +218,7 @@ def compact(
 
 def _compact_in_place(image, drops, moves, new_end) -> None:
     f = image._file
-    _clear_batmap_bits(image, drops)
-    image.release_blocks(drops)
+    image.release_blocks(drops)  # clears the blocks' batmap bits first
     image.relocate_blocks(moves)
     if new_end + FOOTER_SIZE < f.size():
         # The footer first, in space nothing references; then cut after it.

@@ -908,6 +908,9 @@ class VHD:
         blocks = [b for b in blocks if self._bat_view[b] != BAT_UNUSED]
         if not blocks:
             return
+        # The "full" hints go first: a crash in between leaves an allocated
+        # block without its hint (harmless), never a hint on a released one.
+        self.clear_batmap_bits(blocks)
         pending = array.array(UINT32_TYPECODE, self._bat_table)
         for block in blocks:
             pending[block] = BAT_UNUSED
@@ -915,6 +918,28 @@ class VHD:
         for block in blocks:
             self._bitmaps.pop(block, None)
         self._file.flush()
+
+    def clear_batmap_bits(self, blocks) -> None:
+        """Clear blktap's "block is full" bits of ``blocks`` (then barrier).
+
+        Only a map whose checksum holds is changed: a damaged one is not
+        trusted by anyone. Header and map go in one write when adjacent
+        (as blktap lays them out).
+        """
+        batmap = getattr(self, "batmap", None)
+        if batmap is None or not batmap.map_trusted:
+            return
+        updated = batmap.without(blocks)
+        if updated is batmap:
+            return
+        f = self._file
+        if updated.batmap_offset == updated.header_offset + SECTOR_SIZE:
+            f.pwrite(updated.header_offset, updated.to_bytes() + updated.map)
+        else:
+            f.pwrite(updated.batmap_offset, updated.map)
+            f.pwrite(updated.header_offset, updated.to_bytes())
+        f.flush()
+        self.batmap = updated
 
     def _copy_span(self, source, target, length) -> None:
         buffer = bytearray(min(length, 4 << 20))

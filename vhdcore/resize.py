@@ -155,12 +155,12 @@ def rewrite_metadata(
     old_bat_end = table + batmod.bat_bytes(old_entries)
     new_bat_end = table + batmod.bat_bytes(new_entries)
     grow = new_bat_end > old_bat_end
-    batmap = image.batmap
-    new_batmap = None
     differencing = image.type == "differencing"
     # Entries past the virtual size are ignored by readers but must not keep
     # pointing at space this relayout may hand out.
     _release_stale_entries(image, len(image.bat), old_entries)
+    batmap = image.batmap
+    new_batmap = None
 
     # The tables region of the new layout: BAT, then (when the BAT grows)
     # the batmap header and map right after it, where blktap looks for them.
@@ -184,6 +184,8 @@ def rewrite_metadata(
                 batmap, batmap_offset=new_bat_end + SECTOR_SIZE,
                 batmap_size=map_bytes // SECTOR_SIZE, header_offset=new_bat_end,
             ).with_map(bytes(new_map))
+            # A stale "full" bit must not survive the move (blktap refuses it).
+            new_batmap = new_batmap.without(new_batmap.stale_blocks(image.bat))
             tables_end = max(tables_end, new_bat_end + SECTOR_SIZE + map_bytes)
 
     # Which locator payloads need a (new) place?
@@ -373,6 +375,7 @@ def _release_stale_entries(image, first, last) -> None:
     """Set on-disk BAT entries ``[first, last)`` (past the old size) unallocated."""
     if last <= first:
         return
+    image.clear_batmap_bits(range(first, last))
     f = image._file
     table = image.header.table_offset
     raw = f.pread(table + first * 4, (last - first) * 4, "block allocation table")
@@ -486,6 +489,8 @@ def _resize_dynamic(image, footer, size, result) -> None:
         # crash in between leaves the old size reading zeros there.
         gone = [int(b) for b in np.flatnonzero(image.bat[new_blocks:] != BAT_UNUSED) + new_blocks]
         image.release_blocks(gone)
+        # Hints left on blocks already unallocated past the new end go too.
+        image.clear_batmap_bits(range(new_blocks, entries))
         result.blocks_released = len(gone)
         if size % block_size:
             _clear_tail(image, size // block_size, size % block_size)
