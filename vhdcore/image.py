@@ -52,6 +52,7 @@ from .errors import (
     LimitError,
     OutOfRangeError,
     ReadOnlyError,
+    UnsupportedError,
     VHDError,
 )
 from .extent import DATA, PARENT, ZERO, Extent, append_extent
@@ -121,6 +122,7 @@ class VHD:
         self._bat_numpy = None
         self._bitmaps = {}
         self._closed = False
+        self._detached = False
         # A writer's parents must not change under it (its data is only the
         # difference from them): like qemu on backing files, it holds a
         # shared lock on every parent, so opening one for writing elsewhere
@@ -131,12 +133,13 @@ class VHD:
         )
         try:
             self._load()
-            # _without_parent (read-only, for `info` on a child whose parent
-            # is missing) leaves ``parent`` None: such a handle describes the
-            # child's own structures, but its reads would be wrong.
-            if self.footer.disk_type == DISK_DIFFERENCING and not (
-                _without_parent and mode == "r"
-            ):
+            # _without_parent (for `info` on a child whose parent is missing,
+            # and `rebase --unsafe`, which rewrites only metadata) leaves
+            # ``parent`` None: such a handle describes and relinks the
+            # child's own structures, but its contents are unknown, so
+            # reading or writing them is refused (_check_range).
+            self._detached = self.footer.disk_type == DISK_DIFFERENCING and _without_parent
+            if self.footer.disk_type == DISK_DIFFERENCING and not _without_parent:
                 if _policy is None:
                     _policy = chain.ParentPolicy.for_leaf(
                         self.path, allow_parent_dirs=allow_parent_dirs,
@@ -352,6 +355,10 @@ class VHD:
     def _check_range(self, offset, length):
         if self._closed:
             raise ValueError(f"{self.path}: I/O on a closed image")
+        if self._detached:
+            raise UnsupportedError(
+                f"{self.path}: opened without its parent: its contents cannot be read or written"
+            )
         if offset < 0 or length < 0 or offset + length > self.virtual_size:
             raise OutOfRangeError(
                 f"{self.path}: range {offset}+{length} is outside the virtual disk "
