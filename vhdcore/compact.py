@@ -13,8 +13,11 @@ In place (the default), crash-safely and without a temporary copy:
 
 1. set the BAT entries of the dropped blocks unallocated (barrier); their
    space is now leaked, the contents unchanged;
-2. move the blocks nearest the end of the file into the lowest holes
-   (copy, barrier, BAT entries, barrier: :meth:`VHD.relocate_blocks`);
+2. pack the blocks that stay (:func:`vhdcore.layout.pack`): the blocks
+   nearest the end of the file move into the lowest holes they fit, and
+   holes smaller than a block (left by a crash, or the table room a grow or
+   rebase leaves) are closed by sliding the later blocks down (copy,
+   barrier, BAT entries, barrier: :meth:`VHD.relocate_blocks`);
 3. write the footer right after the last block (barrier) and truncate.
 
 A crash at any point leaves an image that reads the same, possibly with
@@ -42,8 +45,8 @@ from .create import OVERWRITE_ADVICE, _link_into_place
 from .errors import UnsupportedError
 from .extent import ZERO
 from .fileio import open_image_file
+from . import layout
 from .image import open as open_image
-from .resize import _free_intervals
 
 __all__ = ["compact", "CompactResult"]
 
@@ -130,32 +133,6 @@ def _scan(image, progress) -> List[int]:
     return drops
 
 
-def _plan_moves(image, keep):
-    """``(moves, new_end)``: blocks to move into holes (highest first), and the data end."""
-    span = image._block_span
-    start_of = {b: int(image.bat[b]) * SECTOR_SIZE for b in keep}
-    order = sorted(keep, key=lambda b: start_of[b])
-    base = image._metadata_end
-    top = max([start_of[b] + span for b in order] + [base])
-    free = [list(pair) for pair in
-            _free_intervals(base, top, [(start_of[b], start_of[b] + span) for b in order])]
-    moves = []
-    final = dict(start_of)
-    for block in reversed(order):
-        source = start_of[block]
-        for pair in free:
-            lo = -(-pair[0] // SECTOR_SIZE) * SECTOR_SIZE
-            if lo + span <= pair[1] and lo + span <= source:
-                moves.append((block, lo))
-                final[block] = lo
-                pair[0] = lo + span
-                break
-        else:
-            break
-    new_end = max([final[b] + span for b in keep] + [base])
-    return moves, -(-new_end // SECTOR_SIZE) * SECTOR_SIZE
-
-
 def compact(
     path,
     *,
@@ -205,28 +182,16 @@ def compact(
             result.file_size_after = _write_compacted(image, keep, drops, output, overwrite)
             result.blocks_moved = len(keep)
         else:
-            moves, new_end = _plan_moves(image, keep)
-            result.blocks_moved = len(moves)
+            batches, new_end = layout.plan(image, keep, full=True)
+            result.blocks_moved = len({block for batch in batches for block, _to in batch})
             result.file_size_after = min(image.file_size, new_end + FOOTER_SIZE)
             if not dry_run:
-                _compact_in_place(image, drops, moves, new_end)
+                image.release_blocks(drops)  # clears the blocks' batmap bits first
+                layout.apply(image, batches, new_end)
                 result.file_size_after = image.file_size
     result.bytes_reclaimed = result.file_size_before - result.file_size_after
     result.seconds = round(time.monotonic() - began, 3)
     return result
-
-
-def _compact_in_place(image, drops, moves, new_end) -> None:
-    f = image._file
-    image.release_blocks(drops)  # clears the blocks' batmap bits first
-    image.relocate_blocks(moves)
-    if new_end + FOOTER_SIZE < f.size():
-        # The footer first, in space nothing references; then cut after it.
-        f.pwrite(new_end, image.footer.to_bytes())
-        f.flush()
-        f.truncate(new_end + FOOTER_SIZE)
-        f.flush()
-    image.reload()
 
 
 def _write_compacted(image, keep, drops, output, overwrite) -> int:

@@ -32,6 +32,12 @@ before, with leaked space at worst; rerunning the resize finishes it.
 
 A dynamic disk's table never shrinks: entries past the virtual size are
 released (set unallocated) so a later grow cannot resurrect old data.
+After a shrink the last blocks move into the space the released ones
+leave and the file is cut after them (:func:`vhdcore.layout.settle`).
+A grow that moves blocks out of the table's way leaves the rest of their
+space (less than a block) as table room before the first block, as
+blktap's resize does: the next grow or rebase uses it without moving data,
+``check`` does not call it a leak, and ``compact`` gives it back.
 
 Geometry follows the new size (the specification's CHS). When the creator
 is one whose size peers read from CHS (``vpc ``, ``qemu``) and CHS cannot
@@ -49,6 +55,7 @@ from typing import List, Optional
 import numpy as np
 
 from . import bat as batmod
+from . import layout
 from .chain import locator_payloads
 from .constants import (
     BAT_UNUSED,
@@ -497,6 +504,10 @@ def _resize_dynamic(image, footer, size, result) -> None:
         _release_stale_entries(image, old_blocks, entries)
         f.flush()
         image.store_footer(footer)
+        f.flush()
+        # The released blocks' space: the last blocks move into it and the
+        # file is cut after them (a crash before leaves leaked space only).
+        result.blocks_moved = layout.settle(image)
     else:
         # Make sure the range being added holds nothing: the tail of the old
         # last block, and table entries past the old size.
