@@ -87,7 +87,7 @@ def _slide(where: Dict[int, int], span: int, base: int, gap: int, end: int) -> L
     batches: List[Batch] = []
     rest = order[first:]
     bounced = []
-    if where[rest[0]] - position < span:
+    if where[rest[0]] - position < BOUNCE * span:
         bounced = rest[:BOUNCE]
         rest = rest[BOUNCE:]
         batches.append([(b, None) for b in bounced])
