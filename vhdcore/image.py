@@ -633,6 +633,9 @@ class VHD:
         barrier for the whole batch.
         """
         f = self._file
+        # A new block is not full: a stale blktap "full" bit must be gone
+        # before the BAT points at it, or blktap would skip its bitmap.
+        self.clear_batmap_bits(blocks)
         old_size = f.size()
         first = self._next_free
         span = self._block_span
@@ -936,6 +939,8 @@ class VHD:
         batmap = getattr(self, "batmap", None)
         if batmap is None or not batmap.map_trusted:
             return
+        if not isinstance(blocks, range) and not any(batmap.is_full(b) for b in blocks):
+            return  # the usual case, without unpacking the map
         updated = batmap.without(blocks)
         if updated is batmap:
             return
