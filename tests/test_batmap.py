@@ -234,3 +234,15 @@ def test_shrink_clears_the_bits_of_released_blocks(tmp_path):
         assert [b for b in range(32) if image.batmap.is_full(b)] == list(range(8))
     resize(path, 64 * MiB)  # blktap's vhd-util check refused this one ("block 64 full")
     assert check(path).exit_code == 0
+
+
+def test_compact_copy_drops_stale_bits(tmp_path):
+    from vhdcore import samples
+    from vhdcore.check import check
+    from vhdcore.compact import compact
+
+    sample = samples.generate("batmap_unallocated_full", tmp_path)  # block 1 marked full
+    compact(sample.path, output=tmp_path / "copy.vhd")
+    assert check(tmp_path / "copy.vhd").exit_code == 0
+    compact(sample.path)  # in place: the stale bit goes too
+    assert check(sample.path).exit_code == 0

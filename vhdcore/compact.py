@@ -133,6 +133,20 @@ def _scan(image, progress) -> List[int]:
     return drops
 
 
+def _clear_stale_bits(image, drops) -> None:
+    """Clear blktap's "full" bits of the blocks dropped and of unallocated ones.
+
+    Before any BAT entry changes: a hint dropped early is harmless, one on
+    an unallocated block makes blktap refuse the image.
+    """
+    batmap = getattr(image, "batmap", None)
+    if batmap is None or not batmap.map_trusted:
+        return
+    table = image.bat.copy()
+    table[drops] = BAT_UNUSED
+    image.clear_batmap_bits(batmap.stale_blocks(table))
+
+
 def compact(
     path,
     *,
@@ -179,14 +193,15 @@ def compact(
         dropped = set(drops)
         keep = [int(b) for b in np.flatnonzero(image.bat != BAT_UNUSED) if int(b) not in dropped]
         if output is not None and not dry_run:
-            result.file_size_after = _write_compacted(image, keep, drops, output, overwrite)
+            result.file_size_after = _write_compacted(image, keep, output, overwrite)
             result.blocks_moved = len(keep)
         else:
             batches, new_end = layout.plan(image, keep, full=True)
             result.blocks_moved = len({block for batch in batches for block, _to in batch})
             result.file_size_after = min(image.file_size, new_end + FOOTER_SIZE)
             if not dry_run:
-                image.release_blocks(drops)  # clears the blocks' batmap bits first
+                _clear_stale_bits(image, drops)
+                image.release_blocks(drops)
                 layout.apply(image, batches, new_end)
                 result.file_size_after = image.file_size
     result.bytes_reclaimed = result.file_size_before - result.file_size_after
@@ -194,7 +209,7 @@ def compact(
     return result
 
 
-def _write_compacted(image, keep, drops, output, overwrite) -> int:
+def _write_compacted(image, keep, output, overwrite) -> int:
     """Write the image with only the ``keep`` blocks, packed, to ``output``; returns its size."""
     output = os.fspath(output)
     if not overwrite and os.path.lexists(output):
@@ -214,10 +229,8 @@ def _write_compacted(image, keep, drops, output, overwrite) -> int:
     meta[header.table_offset : header.table_offset + len(raw_table)] = raw_table
     batmap = image.batmap
     if batmap is not None and batmap.map_trusted and batmap.end <= base:
-        data = bytearray(batmap.map)
-        for block in drops:
-            data[block // 8] &= ~(0x80 >> (block % 8)) & 0xFF
-        updated = batmap.with_map(bytes(data))
+        # The dropped blocks' bits, and any stale ones, do not survive the copy.
+        updated = batmap.without(batmap.stale_blocks(table))
         meta[updated.header_offset : updated.header_offset + SECTOR_SIZE] = updated.to_bytes()
         meta[updated.batmap_offset : updated.batmap_offset + len(updated.map)] = updated.map
     directory = os.path.dirname(os.path.abspath(output))
