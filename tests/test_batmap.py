@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import vhdcore
-
 from vhdcore.bat import metadata_end
 from vhdcore.batmap import (
     BATMAP_VERSION_1_1,

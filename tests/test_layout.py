@@ -10,8 +10,8 @@ import pytest
 
 import vhdcore
 from vhdcore import samples
-from vhdcore.batmap import BATMAP_VERSION_1_2, Batmap
 from vhdcore.bat import bat_bytes, bitmap_bytes_for
+from vhdcore.batmap import BATMAP_VERSION_1_2, Batmap
 from vhdcore.check import check
 from vhdcore.commit import commit
 from vhdcore.compact import compact
@@ -103,20 +103,20 @@ def op_snapshot(tmp_path, rng):
 
 
 def op_commit(tmp_path, rng):
-    (base, s1, s2, s3), model = _chain(tmp_path, rng)
+    (_base, _s1, s2, s3), model = _chain(tmp_path, rng)
     commit(s3)
     return [(s2, bytes(model)), (s3, bytes(model))]
 
 
 def op_commit_remove_then_unsafe_rebase(tmp_path, rng):
-    (base, s1, s2, s3), model = _chain(tmp_path, rng)
+    (_base, s1, s2, s3), model = _chain(tmp_path, rng)
     commit(s2, remove=True)
     rebase(s3, s1, unsafe=True)
     return [(s1, None), (s3, bytes(model))]
 
 
 def op_rebase_safe(tmp_path, rng):
-    (base, s1, s2, s3), model = _chain(tmp_path, rng)
+    (base, _s1, _s2, s3), model = _chain(tmp_path, rng)
     rebase(s3, base)
     # a single-block child: the case that left a block-sized hole
     lone = tmp_path / "lone.vhd"
@@ -130,7 +130,7 @@ def op_rebase_safe(tmp_path, rng):
 
 
 def op_rebase_unsafe(tmp_path, rng):
-    (base, s1, s2, s3), _model = _chain(tmp_path, rng)
+    (base, _s1, _s2, s3), _model = _chain(tmp_path, rng)
     rebase(s3, base, unsafe=True)
     return [(s3, None)]
 
@@ -148,7 +148,7 @@ def op_resize(tmp_path, rng):
         shutil.copy(path, shrunk)
         resize(shrunk, SIZE // 3, force=True)  # shrink, dropping data
         out.append((shrunk, bytes(model[: SIZE // 3])))
-    (base, s1, s2, s3), model = _chain(tmp_path, rng)
+    (_base, _s1, _s2, s3), model = _chain(tmp_path, rng)
     resize(s3, 4 * SIZE)
     return out + [(s3, bytes(model) + bytes(3 * SIZE))]
 

@@ -136,7 +136,7 @@ def test_unsafe_rebase_needs_no_old_parent_after_commit_remove(tmp_path, rng, pe
             random_writes(image, model, rng, 8)
     expected = tmp_path / "expected.raw"
     expected.write_bytes(bytes(model))
-    base, s1, s2, s3 = paths
+    _base, s1, s2, s3 = paths
     code, _out, err = cli("commit", s2, "--remove")
     assert code == 0 and not s2.exists(), err
     with pytest.raises(errors.ParentNotFoundError):

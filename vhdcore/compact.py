@@ -13,7 +13,7 @@ In place (the default), crash-safely and without a temporary copy:
 
 1. set the BAT entries of the dropped blocks unallocated (barrier); their
    space is now leaked, the contents unchanged;
-2. pack the blocks that stay (:func:`vhdcore.layout.pack`): the blocks
+2. pack the blocks that stay (:func:`vhdcore.layout.plan`): the blocks
    nearest the end of the file move into the lowest holes they fit, and
    holes smaller than a block (left by a crash, or the table room a grow or
    rebase leaves) are closed by sliding the later blocks down (copy,
@@ -39,13 +39,13 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from . import layout
 from ._backend import kernels
 from .constants import BAT_UNUSED, FOOTER_SIZE, SECTOR_SIZE
 from .create import OVERWRITE_ADVICE, _link_into_place
 from .errors import UnsupportedError
 from .extent import ZERO
 from .fileio import open_image_file
-from . import layout
 from .image import open as open_image
 
 __all__ = ["compact", "CompactResult"]

@@ -5,10 +5,10 @@ Blocks only ever move into space nothing references, through
 crash at any point leaves an image that reads the same with leaked space at
 worst; packing again finishes the job. Two levels:
 
-* **settle** (after a shrink, a rebase, a grow): the blocks nearest the end
-  of the file move into the lowest holes a whole block fits in, then the
-  file is cut after the last block. Few blocks move (at most one per hole).
-* **pack** (``compact``): settle, then close what is left, holes smaller
+* **settle** (after a shrink): the blocks nearest the end of the file move
+  into the lowest holes a whole block fits in, then the file is cut after
+  the last block. Few blocks move (at most one per hole).
+* **full** (``compact``): that, then close what is left, holes smaller
   than a block included. A block cannot slide down by less than its own
   size (its copy would overwrite itself), so the first few blocks after
   such a hole are moved to the end of the file first: the hole then holds
@@ -32,7 +32,7 @@ import numpy as np
 from .check import MIN_LEAK  # smaller gaps are alignment padding, not leaks
 from .constants import BAT_UNUSED, FOOTER_SIZE, SECTOR_SIZE
 
-__all__ = ["plan", "apply", "settle", "pack", "BOUNCE"]
+__all__ = ["BOUNCE", "apply", "plan", "settle"]
 
 #: Blocks moved to the end of the file to open a sub-block hole: the
 #: slide that follows then moves this many blocks per barrier pair.
@@ -118,8 +118,8 @@ def plan(image, blocks=None, *, full: bool) -> Tuple[List[Batch], int]:
     Args:
         image: a dynamic or differencing :class:`~vhdcore.image.VHD`.
         blocks: the blocks that stay (compact leaves out the ones it drops).
-        full: close holes smaller than a block too (``pack``), not only
-            the ones a block fits in (``settle``).
+        full: close holes smaller than a block too (``compact``), not
+            only the ones a block fits in (``settle``).
     """
     span = image._block_span
     base = image._metadata_end
@@ -166,8 +166,3 @@ def settle(image) -> int:
     batches, end = plan(image, full=False)
     return apply(image, batches, end)
 
-
-def pack(image) -> int:
-    """Close every hole (smaller than a block too), and truncate."""
-    batches, end = plan(image, full=True)
-    return apply(image, batches, end)

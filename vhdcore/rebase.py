@@ -35,9 +35,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .chain import locator_payloads
 from .constants import SECTOR_SIZE
 from .create import parent_locators
-from .chain import locator_payloads
 from .errors import ChainLoopError, LimitError, UnsupportedError, VHDError
 from .extent import DATA, ZERO
 from .footer import vhd_timestamp

@@ -525,8 +525,8 @@ class _Planner:
                        "header's checksum")]
         else:
             pieces = [(fixed.batmap_offset, fixed.map, what),
-                      (fixed.header_offset, fixed.to_bytes(), "rewrite the batmap header "
-                       f"at {fixed.header_offset:#x} (new checksum)")]
+                      (fixed.header_offset, fixed.to_bytes(),
+                       f"rewrite the batmap header at {fixed.header_offset:#x} (new checksum)")]
         for at, data, text in pieces:
             self.add(Action("write", text, at, len(data), old, new, ("batmap.unallocated",),
                             _PHASE_BATMAP, data, self.read(at, len(data))))
