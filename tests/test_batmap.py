@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 
+import vhdcore
 from vhdcore.bat import metadata_end
 from vhdcore.batmap import (
     BATMAP_VERSION_1_1,
@@ -204,3 +205,43 @@ def test_rule_full_blocks_are_allocated():
     assert "block 9" in problems[0].message
     bat[9] = 400_000
     assert batmap.validate("t.vhd", size, header, bat) == []
+
+
+def test_allocating_a_block_clears_its_stale_full_bit(tmp_path):
+    """A block allocated again must not inherit a "full" hint (blktap would skip its bitmap)."""
+    from vhdcore import samples
+    from vhdcore.check import check
+
+    sample = samples.generate("batmap_unallocated_full", tmp_path)  # block 1 marked full
+    assert check(sample.path).exit_code == 2
+    with vhdcore.open(sample.path, "r+") as image:
+        image.write(samples.BLOCK + 4096, b"\x11" * 512)  # allocates block 1
+        assert not image.batmap.is_full(1) and image.batmap.is_full(0)
+    report = check(sample.path)
+    assert report.exit_code == 0, report.codes
+
+
+def test_shrink_clears_the_bits_of_released_blocks(tmp_path):
+    from vhdcore import samples
+    from vhdcore.check import check
+    from vhdcore.resize import resize
+
+    path = samples.build_dynamic(tmp_path / "tap.vhd", name="tap", size=64 * MiB, blktap=True,
+                                 blocks={}, full_blocks=range(32))
+    resize(path, 16 * MiB, force=True)
+    with vhdcore.open(path) as image:
+        assert [b for b in range(32) if image.batmap.is_full(b)] == list(range(8))
+    resize(path, 64 * MiB)  # blktap's vhd-util check refused this one ("block 64 full")
+    assert check(path).exit_code == 0
+
+
+def test_compact_copy_drops_stale_bits(tmp_path):
+    from vhdcore import samples
+    from vhdcore.check import check
+    from vhdcore.compact import compact
+
+    sample = samples.generate("batmap_unallocated_full", tmp_path)  # block 1 marked full
+    compact(sample.path, output=tmp_path / "copy.vhd")
+    assert check(tmp_path / "copy.vhd").exit_code == 0
+    compact(sample.path)  # in place: the stale bit goes too
+    assert check(sample.path).exit_code == 0

@@ -218,14 +218,18 @@ def test_blktap_batmap_bits_follow_dropped_blocks(tmp_path):
     header = DynamicHeader.from_bytes(data[512:1536])
     at = header.table_offset + bat_bytes(header.max_table_entries)
     batmap = Batmap(b"tdbatmap", at + 512, 1, 0x00010002, 0, 0, header_offset=at)
-    batmap = batmap.with_map(b"\xc0" + bytes(511))  # blocks 0 and 1 "full"
-    image_bytes = data[:at] + batmap.to_bytes() + batmap.map + footer.to_bytes()
+    empty = batmap.with_map(bytes(512))
+    image_bytes = data[:at] + empty.to_bytes() + empty.map + footer.to_bytes()
     image_bytes[:512] = footer.to_bytes()
     path.write_bytes(bytes(image_bytes))
     with vhdcore.open(path, "r+") as image:
         image.write(0, b"\x05" * MiB)
         image.write(MiB, b"\x06" * MiB)
         image.write(0, bytes(MiB))  # block 0: full of zeros now
+    full = batmap.with_map(b"\xc0" + bytes(511))  # blocks 0 and 1 written in full
+    with open(path, "r+b") as handle:
+        handle.seek(at)
+        handle.write(full.to_bytes() + full.map)
     for output in (tmp_path / "copy.vhd", None):
         compact(path, output=output)
         with vhdcore.open(output or path) as image:

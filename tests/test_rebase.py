@@ -10,6 +10,7 @@ import pytest
 import vhdcore
 from vhdcore import errors
 from vhdcore.chain import locator_payloads
+from vhdcore.check import check
 from vhdcore.extent import DATA
 from vhdcore.locators import decode_locator
 from vhdcore.rebase import rebase
@@ -121,6 +122,47 @@ def test_unsafe_rebase_and_relink(tmp_path, rng):
     rebase(child, elsewhere / "base.vhd", unsafe=True)
     with vhdcore.open(child) as image:
         assert image.read(0, len(model)) == bytes(expected)
+
+
+def test_unsafe_rebase_needs_no_old_parent_after_commit_remove(tmp_path, rng, peers, cli):
+    """base <- s1 <- s2 <- s3: commit s2 --remove, then relink s3 to s1 (qemu-img rebase -u)."""
+    size = 4 * MiB
+    paths = [tmp_path / f"{n}.vhd" for n in ("base", "s1", "s2", "s3")]
+    model = bytearray(size)
+    with vhdcore.create(paths[0], size, block_size=512 * 1024) as image:
+        random_writes(image, model, rng, 8)
+    for parent, path in zip(paths, paths[1:]):
+        with vhdcore.create(path, parent=parent) as image:
+            random_writes(image, model, rng, 8)
+    expected = tmp_path / "expected.raw"
+    expected.write_bytes(bytes(model))
+    _base, s1, s2, s3 = paths
+    code, _out, err = cli("commit", s2, "--remove")
+    assert code == 0 and not s2.exists(), err
+    with pytest.raises(errors.ParentNotFoundError):
+        vhdcore.open(s3)
+    code, out, err = cli("rebase", s3, s1, "--unsafe")
+    assert code == 0, err
+    assert "s2.vhd" in out  # the old parent is named from the child's locators
+    with vhdcore.open(s3) as image:
+        assert image.parent.path == str(s1)
+        assert image.read(0, size) == bytes(model)
+    assert check(s3, parents=True).exit_code == 0
+    flat = tmp_path / "flat.vhd"
+    vhdcore.convert(s3, flat, out_format="dynamic")
+    peers.run("qemu-img", "compare", "-f", "vpc", "-F", "raw", flat, expected)
+
+
+def test_a_detached_child_refuses_reads_and_writes(tmp_path):
+    base, child = tmp_path / "base.vhd", tmp_path / "child.vhd"
+    vhdcore.create(base, 1 * MiB).close()
+    vhdcore.create(child, parent=base).close()
+    base.unlink()
+    with vhdcore.VHD(child, "r+", _without_parent=True) as image:
+        with pytest.raises(errors.UnsupportedError, match="without its parent"):
+            image.read(0, 512)
+        with pytest.raises(errors.UnsupportedError, match="without its parent"):
+            image.write(0, b"x" * 512)
 
 
 def test_long_parent_path_relocates_locators(tmp_path, rng, peers):

@@ -186,6 +186,33 @@ class Batmap:
             end = max(end, self.batmap_offset + self.size_bytes)
         return end
 
+    def without(self, blocks) -> "Batmap":
+        """A copy with the "full" bits of ``blocks`` cleared (checksum recomputed).
+
+        Every operation that releases a block clears its bit: blktap trusts
+        a set bit without reading the block's bitmap, and its ``vhd-util
+        check`` refuses an image whose map marks an unallocated block full.
+        Returns ``self`` when no bit changes.
+        """
+        import numpy as np
+
+        bits = np.unpackbits(np.frombuffer(self.map, dtype=np.uint8))
+        index = np.asarray(list(blocks) if not isinstance(blocks, range) else
+                           np.arange(blocks.start, blocks.stop, blocks.step), dtype=np.int64)
+        index = index[(index >= 0) & (index < len(bits))]
+        if not len(index) or not bits[index].any():
+            return self
+        bits[index] = 0
+        return self.with_map(np.packbits(bits).tobytes())
+
+    def stale_blocks(self, bat) -> List[int]:
+        """Blocks the map marks full although ``bat`` has them unallocated."""
+        import numpy as np
+
+        table = np.asarray(bat, dtype=np.uint32)
+        bits = np.unpackbits(np.frombuffer(self.map, dtype=np.uint8))[: len(table)]
+        return np.flatnonzero((bits == 1) & (table[: len(bits)] == BAT_UNUSED)).tolist()
+
     def is_full(self, index: int) -> bool:
         """Whether the map marks block ``index`` fully allocated."""
         byte = index >> 3
@@ -200,7 +227,13 @@ class Batmap:
         header=None,
         bat=None,
     ) -> List[Problem]:
-        """Check the batmap (all findings are warnings: it is only a hint).
+        """Check the batmap.
+
+        Findings are warnings (the map is only a hint), except a bit set
+        for an unallocated block: blktap would then skip the block's bitmap
+        (reading zeros where a differencing disk should show its parent, or
+        data a later allocation has not written yet), and ``vhd-util check``
+        refuses the image ("batmap shows unallocated block N full").
 
         Args:
             path: the image, for messages.
@@ -213,8 +246,8 @@ class Batmap:
         at = self.header_offset
         problems: List[Problem] = []
 
-        def add(code, message, error=CorruptImageError, offset=at):
-            problems.append(Problem(code, f"{where}: batmap {message}", "warning", offset, error))
+        def add(code, message, error=CorruptImageError, offset=at, severity="warning"):
+            problems.append(Problem(code, f"{where}: batmap {message}", severity, offset, error))
 
         if self.cookie != BATMAP_COOKIE:
             add("batmap.cookie", f"cookie at {at:#x} is {self.cookie!r}", FormatError)
@@ -282,17 +315,14 @@ class Batmap:
                     at + 24,
                 )
             elif bat is not None:
-                import numpy as np
-
-                table = np.asarray(bat, dtype=np.uint32)
-                bits = np.unpackbits(np.frombuffer(self.map, dtype=np.uint8))[: len(table)]
-                wrong = np.flatnonzero((bits == 1) & (table[: len(bits)] == BAT_UNUSED))
-                if len(wrong):
+                wrong = self.stale_blocks(bat)
+                if wrong:
                     add(
                         "batmap.unallocated",
                         f"marks {len(wrong)} unallocated blocks as full (first: block "
-                        f"{int(wrong[0])})",
-                        offset=start + int(wrong[0]) // 8,
+                        f"{wrong[0]}); blktap refuses such an image",
+                        offset=start + wrong[0] // 8,
+                        severity="error",
                     )
         return problems
 

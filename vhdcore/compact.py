@@ -13,8 +13,11 @@ In place (the default), crash-safely and without a temporary copy:
 
 1. set the BAT entries of the dropped blocks unallocated (barrier); their
    space is now leaked, the contents unchanged;
-2. move the blocks nearest the end of the file into the lowest holes
-   (copy, barrier, BAT entries, barrier: :meth:`VHD.relocate_blocks`);
+2. pack the blocks that stay (:func:`vhdcore.layout.plan`): the blocks
+   nearest the end of the file move into the lowest holes they fit, and
+   holes smaller than a block (left by a crash, or the table room a grow or
+   rebase leaves) are closed by sliding the later blocks down (copy,
+   barrier, BAT entries, barrier: :meth:`VHD.relocate_blocks`);
 3. write the footer right after the last block (barrier) and truncate.
 
 A crash at any point leaves an image that reads the same, possibly with
@@ -36,6 +39,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from . import layout
 from ._backend import kernels
 from .constants import BAT_UNUSED, FOOTER_SIZE, SECTOR_SIZE
 from .create import OVERWRITE_ADVICE, _link_into_place
@@ -43,7 +47,6 @@ from .errors import UnsupportedError
 from .extent import ZERO
 from .fileio import open_image_file
 from .image import open as open_image
-from .resize import _free_intervals
 
 __all__ = ["compact", "CompactResult"]
 
@@ -130,55 +133,18 @@ def _scan(image, progress) -> List[int]:
     return drops
 
 
-def _plan_moves(image, keep):
-    """``(moves, new_end)``: blocks to move into holes (highest first), and the data end."""
-    span = image._block_span
-    start_of = {b: int(image.bat[b]) * SECTOR_SIZE for b in keep}
-    order = sorted(keep, key=lambda b: start_of[b])
-    base = image._metadata_end
-    top = max([start_of[b] + span for b in order] + [base])
-    free = [list(pair) for pair in
-            _free_intervals(base, top, [(start_of[b], start_of[b] + span) for b in order])]
-    moves = []
-    final = dict(start_of)
-    for block in reversed(order):
-        source = start_of[block]
-        for pair in free:
-            lo = -(-pair[0] // SECTOR_SIZE) * SECTOR_SIZE
-            if lo + span <= pair[1] and lo + span <= source:
-                moves.append((block, lo))
-                final[block] = lo
-                pair[0] = lo + span
-                break
-        else:
-            break
-    new_end = max([final[b] + span for b in keep] + [base])
-    return moves, -(-new_end // SECTOR_SIZE) * SECTOR_SIZE
+def _clear_stale_bits(image, drops) -> None:
+    """Clear blktap's "full" bits of the blocks dropped and of unallocated ones.
 
-
-def _clear_batmap_bits(image, drops) -> None:
-    """Drop the "block is full" hints of released blocks.
-
-    The map and its header go in one write when they are adjacent (as
-    blktap lays them out); otherwise a crash between the two leaves a
-    checksum mismatch, which only makes readers ignore the hint.
+    Before any BAT entry changes: a hint dropped early is harmless, one on
+    an unallocated block makes blktap refuse the image.
     """
-    batmap = image.batmap
-    if batmap is None or not batmap.map_trusted or not drops:
+    batmap = getattr(image, "batmap", None)
+    if batmap is None or not batmap.map_trusted:
         return
-    data = bytearray(batmap.map)
-    for block in drops:
-        data[block // 8] &= ~(0x80 >> (block % 8)) & 0xFF
-    if bytes(data) == batmap.map:
-        return
-    updated = batmap.with_map(bytes(data))
-    f = image._file
-    if updated.batmap_offset == updated.header_offset + SECTOR_SIZE:
-        f.pwrite(updated.header_offset, updated.to_bytes() + updated.map)
-    else:
-        f.pwrite(updated.batmap_offset, updated.map)
-        f.pwrite(updated.header_offset, updated.to_bytes())
-    f.flush()
+    table = image.bat.copy()
+    table[drops] = BAT_UNUSED
+    image.clear_batmap_bits(batmap.stale_blocks(table))
 
 
 def compact(
@@ -227,35 +193,23 @@ def compact(
         dropped = set(drops)
         keep = [int(b) for b in np.flatnonzero(image.bat != BAT_UNUSED) if int(b) not in dropped]
         if output is not None and not dry_run:
-            result.file_size_after = _write_compacted(image, keep, drops, output, overwrite)
+            result.file_size_after = _write_compacted(image, keep, output, overwrite)
             result.blocks_moved = len(keep)
         else:
-            moves, new_end = _plan_moves(image, keep)
-            result.blocks_moved = len(moves)
+            batches, new_end = layout.plan(image, keep, full=True)
+            result.blocks_moved = len({block for batch in batches for block, _to in batch})
             result.file_size_after = min(image.file_size, new_end + FOOTER_SIZE)
             if not dry_run:
-                _compact_in_place(image, drops, moves, new_end)
+                _clear_stale_bits(image, drops)
+                image.release_blocks(drops)
+                layout.apply(image, batches, new_end)
                 result.file_size_after = image.file_size
     result.bytes_reclaimed = result.file_size_before - result.file_size_after
     result.seconds = round(time.monotonic() - began, 3)
     return result
 
 
-def _compact_in_place(image, drops, moves, new_end) -> None:
-    f = image._file
-    _clear_batmap_bits(image, drops)
-    image.release_blocks(drops)
-    image.relocate_blocks(moves)
-    if new_end + FOOTER_SIZE < f.size():
-        # The footer first, in space nothing references; then cut after it.
-        f.pwrite(new_end, image.footer.to_bytes())
-        f.flush()
-        f.truncate(new_end + FOOTER_SIZE)
-        f.flush()
-    image.reload()
-
-
-def _write_compacted(image, keep, drops, output, overwrite) -> int:
+def _write_compacted(image, keep, output, overwrite) -> int:
     """Write the image with only the ``keep`` blocks, packed, to ``output``; returns its size."""
     output = os.fspath(output)
     if not overwrite and os.path.lexists(output):
@@ -275,10 +229,8 @@ def _write_compacted(image, keep, drops, output, overwrite) -> int:
     meta[header.table_offset : header.table_offset + len(raw_table)] = raw_table
     batmap = image.batmap
     if batmap is not None and batmap.map_trusted and batmap.end <= base:
-        data = bytearray(batmap.map)
-        for block in drops:
-            data[block // 8] &= ~(0x80 >> (block % 8)) & 0xFF
-        updated = batmap.with_map(bytes(data))
+        # The dropped blocks' bits, and any stale ones, do not survive the copy.
+        updated = batmap.without(batmap.stale_blocks(table))
         meta[updated.header_offset : updated.header_offset + SECTOR_SIZE] = updated.to_bytes()
         meta[updated.batmap_offset : updated.batmap_offset + len(updated.map)] = updated.map
     directory = os.path.dirname(os.path.abspath(output))

@@ -53,6 +53,7 @@ from .errors import (
     LimitError,
     OutOfRangeError,
     ReadOnlyError,
+    UnsupportedError,
     VHDError,
 )
 from .extent import DATA, PARENT, ZERO, Extent, append_extent
@@ -158,6 +159,7 @@ class VHD:
         self._bat_numpy = None
         self._bitmaps = {}
         self._closed = False
+        self._detached = False
         # A writer's parents must not change under it (its data is only the
         # difference from them): like qemu on backing files, it holds a
         # shared lock on every parent, so opening one for writing elsewhere
@@ -168,12 +170,13 @@ class VHD:
         )
         try:
             self._load()
-            # _without_parent (read-only, for `info` on a child whose parent
-            # is missing) leaves ``parent`` None: such a handle describes the
-            # child's own structures, but its reads would be wrong.
-            if self.footer.disk_type == DISK_DIFFERENCING and not (
-                _without_parent and mode == "r"
-            ):
+            # _without_parent (for `info` on a child whose parent is missing,
+            # and `rebase --unsafe`, which rewrites only metadata) leaves
+            # ``parent`` None: such a handle describes and relinks the
+            # child's own structures, but its contents are unknown, so
+            # reading or writing them is refused (_check_range).
+            self._detached = self.footer.disk_type == DISK_DIFFERENCING and _without_parent
+            if self.footer.disk_type == DISK_DIFFERENCING and not _without_parent:
                 if _policy is None:
                     _policy = chain.ParentPolicy.for_leaf(
                         self.path, allow_parent_dirs=allow_parent_dirs,
@@ -398,6 +401,10 @@ class VHD:
     def _check_range(self, offset, length):
         if self._closed:
             raise ValueError(f"{self.path}: I/O on a closed image")
+        if self._detached:
+            raise UnsupportedError(
+                f"{self.path}: opened without its parent: its contents cannot be read or written"
+            )
         if offset < 0 or length < 0 or offset + length > self.virtual_size:
             raise OutOfRangeError(
                 f"{self.path}: range {offset}+{length} is outside the virtual disk "
@@ -677,6 +684,9 @@ class VHD:
         barrier for the whole batch.
         """
         f = self._file
+        # A new block is not full: a stale blktap "full" bit must be gone
+        # before the BAT points at it, or blktap would skip its bitmap.
+        self.clear_batmap_bits(blocks)
         old_size = f.size()
         first = self._next_free
         span = self._block_span
@@ -959,6 +969,9 @@ class VHD:
         blocks = [b for b in blocks if self._bat_view[b] != BAT_UNUSED]
         if not blocks:
             return
+        # The "full" hints go first: a crash in between leaves an allocated
+        # block without its hint (harmless), never a hint on a released one.
+        self.clear_batmap_bits(blocks)
         pending = array.array(UINT32_TYPECODE, self._bat_table)
         for block in blocks:
             pending[block] = BAT_UNUSED
@@ -966,6 +979,30 @@ class VHD:
         for block in blocks:
             self._bitmaps.pop(block, None)
         self._file.flush()
+
+    def clear_batmap_bits(self, blocks) -> None:
+        """Clear blktap's "block is full" bits of ``blocks`` (then barrier).
+
+        Only a map whose checksum holds is changed: a damaged one is not
+        trusted by anyone. Header and map go in one write when adjacent
+        (as blktap lays them out).
+        """
+        batmap = getattr(self, "batmap", None)
+        if batmap is None or not batmap.map_trusted:
+            return
+        if not isinstance(blocks, range) and not any(batmap.is_full(b) for b in blocks):
+            return  # the usual case, without unpacking the map
+        updated = batmap.without(blocks)
+        if updated is batmap:
+            return
+        f = self._file
+        if updated.batmap_offset == updated.header_offset + SECTOR_SIZE:
+            f.pwrite(updated.header_offset, updated.to_bytes() + updated.map)
+        else:
+            f.pwrite(updated.batmap_offset, updated.map)
+            f.pwrite(updated.header_offset, updated.to_bytes())
+        f.flush()
+        self.batmap = updated
 
     def _copy_span(self, source, target, length) -> None:
         buffer = bytearray(min(length, 4 << 20))

@@ -9,10 +9,13 @@ fields are rewritten: UUID, the new parent file's modification time, its
 name, and the two locators :func:`vhdcore.create` writes (``W2ru``
 relative to the child's directory, ``W2ku`` absolute).
 
-Unsafe form (``unsafe=True``, like ``vhd-util modify -p``): only the parent
-fields and locators change; the child's view becomes "its own sectors over
-the new parent". Use it to relink a child whose parent was moved or
-copied (same UUID), or when you know the new parent has the same contents.
+Unsafe form (``unsafe=True``, like ``vhd-util modify -p`` and ``qemu-img
+rebase -u``): only the parent fields and locators change; the child's view
+becomes "its own sectors over the new parent". The old parent is never
+opened, so it may be missing. Use it to relink a child whose parent was
+moved or copied (same UUID), when you know the new parent has the same
+contents, or after ``commit --remove`` of a middle layer (base <- s1 <- s2
+<- s3: commit s2 into s1, then relink s3 to s1).
 
 Locators never overwrite the data they replace. The new payloads go to
 space the header does not reference yet: a free gap after the tables when
@@ -32,18 +35,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .chain import locator_payloads
 from .constants import SECTOR_SIZE
 from .create import parent_locators
-from .errors import (
-    ChainLoopError,
-    LimitError,
-    ParentMismatchError,
-    ParentNotFoundError,
-    UnsafeParentError,
-    UnsupportedError,
-)
+from .errors import ChainLoopError, LimitError, UnsupportedError, VHDError
 from .extent import DATA, ZERO
 from .footer import vhd_timestamp
+from .header import decode_parent_name
 from .image import open as open_image
 from .locators import candidate_paths
 from .resize import rewrite_metadata
@@ -125,30 +123,30 @@ def _preserve_view(image, target, progress) -> tuple:
     return compared, copied
 
 
-def _open_child(child_path, new_parent, unsafe, open_options):
-    """The child open for writing, with its old chain (safe) or whatever chain opens (unsafe).
+def _open_child(child_path, unsafe, open_options):
+    """The child open for writing: with its old chain (safe), or on its own (unsafe).
 
-    An unsafe rebase never reads the old chain, so a child whose parent
-    moved can be relinked: the new parent is tried first, and must carry
-    the UUID the child expects; otherwise the old chain must open.
+    An unsafe rebase rewrites only metadata and never reads the old chain,
+    so the child is opened without it (``qemu-img rebase -u`` does the
+    same): the old parent may be gone, e.g. after ``commit --remove`` of
+    the middle of a chain.
     """
     if unsafe:
-        def resolver(image, header, payloads):
-            # Only the child's own parent is redirected; the rest of the chain
-            # resolves as usual.
-            if image.path == child_path:
-                return [(b"new", new_parent)]
-            return candidate_paths(image.path, header, payloads)
-
-        options = dict(open_options)
-        options["allow_parent_dirs"] = tuple(options.get("allow_parent_dirs") or ()) + (
-            os.path.dirname(new_parent),
-        )
-        try:
-            return open_image(child_path, "r+", parent_resolver=resolver, **options)
-        except (ParentMismatchError, ParentNotFoundError, ChainLoopError, UnsafeParentError):
-            pass
+        return open_image(child_path, "r+", _without_parent=True)
     return open_image(child_path, "r+", **open_options)
+
+
+def _old_parent_name(image) -> str:
+    """Where the child's locators say its old parent is (not opened), for the report."""
+    if image.parent is not None:
+        return image.parent.path
+    try:
+        found = candidate_paths(image.path, image.header, locator_payloads(image))
+    except VHDError:
+        found = []
+    if found:
+        return os.fspath(found[0][1])
+    return decode_parent_name(image.header.parent_name_raw)
 
 
 def rebase(
@@ -183,12 +181,12 @@ def rebase(
     began = time.monotonic()
     child_path = os.fspath(child)
     new_path = os.path.abspath(os.fspath(new_parent))
-    with _open_child(child_path, new_path, unsafe, open_options) as image:
+    with _open_child(child_path, unsafe, open_options) as image:
         if image.type != "differencing":
             raise UnsupportedError(
                 f"{child_path}: is a {image.type} image; only differencing images have a parent"
             )
-        result = RebaseResult(child_path, image.parent.path, new_path, unsafe)
+        result = RebaseResult(child_path, _old_parent_name(image), new_path, unsafe)
         with open_image(new_path, "r", **open_options) as target:
             for member in target.chain:
                 if os.path.samefile(member.path, child_path):

@@ -16,6 +16,8 @@ more):
 * a wrong footer or dynamic header checksum when that is the structure's
   only error (both footers' checksums wrong but otherwise equal included);
 * bytes after the footer (truncated away, after the footer is in place);
+* blktap batmap bits that mark unallocated blocks full (cleared, checksum
+  recomputed: blktap refuses such an image), also for blocks released here;
 * with ``force`` only: BAT entries that put a block outside the data area
   (over the metadata, over the footer, past the end of the file) are
   released: they become unallocated and whatever they held is lost. A
@@ -31,7 +33,7 @@ the report. The format is documented in :func:`write_backup`;
 :func:`undo` puts the bytes back.
 
 Order (a crash at any point leaves the image no worse than before, and
-running repair again finishes the job): backup; BAT sectors; header;
+running repair again finishes the job): backup; batmap; BAT sectors; header;
 primary footer; copy at offset 0; truncation; an fsync after each step.
 """
 
@@ -46,6 +48,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from .bat import bat_bytes
+from .batmap import find_batmap
 from .check import CheckReport, check
 from .constants import (
     BAT_UNUSED,
@@ -93,8 +96,9 @@ _RESIZE_FIELDS = {
     "current_size", "original_size", "geometry", "creator_app", "creator_version", "creator_os",
 }
 
-# Write phases, in order.
-_PHASE_BAT, _PHASE_HEADER, _PHASE_FOOTER, _PHASE_COPY, _PHASE_TRUNCATE = range(5)
+# Write phases, in order. The batmap goes first: a "full" hint dropped
+# before the BAT changes is harmless, one left on a released block is not.
+_PHASE_BATMAP, _PHASE_BAT, _PHASE_HEADER, _PHASE_FOOTER, _PHASE_COPY, _PHASE_TRUNCATE = range(6)
 
 
 @dataclass
@@ -409,6 +413,7 @@ class _Planner:
             if not self._plan_release():
                 return
         target = self._footer_target()
+        self._plan_batmap()
         self._plan_header()
         self._plan_primary(good, target)
         self._plan_copy(good)
@@ -495,6 +500,36 @@ class _Planner:
                 ("bat.outside", "file.truncated"), _PHASE_BAT, bytes(new), original,
             ))
         return True
+
+    def _plan_batmap(self) -> None:
+        """Clear "full" bits of unallocated blocks (those released here included)."""
+        before = self.before
+        if before.bat is None or before.header is None:
+            return
+        table = getattr(self, "released_table", before.bat)
+        batmap = find_batmap(before.footer, before.header, self.read, self.size)
+        if batmap is None or not batmap.map_trusted:
+            return
+        stale = batmap.stale_blocks(table)
+        if not stale:
+            return
+        fixed = batmap.without(stale)
+        first = ", ".join(str(b) for b in stale[:8]) + (", ..." if len(stale) > 8 else "")
+        what = (f"clear the batmap's \"full\" bits of {len(stale)} unallocated "
+                f"block{'s' if len(stale) != 1 else ''} ({first})")
+        old, new = f"checksum {batmap.checksum:#010x}", f"checksum {fixed.checksum:#010x}"
+        if fixed.batmap_offset == fixed.header_offset + SECTOR_SIZE:
+            # blktap's layout: header and map in one write, so no crash can
+            # leave a map that disagrees with its checksum.
+            pieces = [(fixed.header_offset, fixed.to_bytes() + fixed.map, what + " and its "
+                       "header's checksum")]
+        else:
+            pieces = [(fixed.batmap_offset, fixed.map, what),
+                      (fixed.header_offset, fixed.to_bytes(),
+                       f"rewrite the batmap header at {fixed.header_offset:#x} (new checksum)")]
+        for at, data, text in pieces:
+            self.add(Action("write", text, at, len(data), old, new, ("batmap.unallocated",),
+                            _PHASE_BATMAP, data, self.read(at, len(data))))
 
     def _footer_target(self) -> int:
         """Where the primary footer goes once the plan is applied."""

@@ -32,6 +32,12 @@ before, with leaked space at worst; rerunning the resize finishes it.
 
 A dynamic disk's table never shrinks: entries past the virtual size are
 released (set unallocated) so a later grow cannot resurrect old data.
+After a shrink the last blocks move into the space the released ones
+leave and the file is cut after them (:func:`vhdcore.layout.settle`).
+A grow that moves blocks out of the table's way leaves the rest of their
+space (less than a block) as table room before the first block, as
+blktap's resize does: the next grow or rebase uses it without moving data,
+``check`` does not call it a leak, and ``compact`` gives it back.
 
 Geometry follows the new size (the specification's CHS). When the creator
 is one whose size peers read from CHS (``vpc ``, ``qemu``) and CHS cannot
@@ -49,6 +55,7 @@ from typing import List, Optional
 import numpy as np
 
 from . import bat as batmod
+from . import layout
 from .chain import locator_payloads
 from .constants import (
     BAT_UNUSED,
@@ -155,12 +162,12 @@ def rewrite_metadata(
     old_bat_end = table + batmod.bat_bytes(old_entries)
     new_bat_end = table + batmod.bat_bytes(new_entries)
     grow = new_bat_end > old_bat_end
-    batmap = image.batmap
-    new_batmap = None
     differencing = image.type == "differencing"
     # Entries past the virtual size are ignored by readers but must not keep
     # pointing at space this relayout may hand out.
     _release_stale_entries(image, len(image.bat), old_entries)
+    batmap = image.batmap
+    new_batmap = None
 
     # The tables region of the new layout: BAT, then (when the BAT grows)
     # the batmap header and map right after it, where blktap looks for them.
@@ -184,6 +191,8 @@ def rewrite_metadata(
                 batmap, batmap_offset=new_bat_end + SECTOR_SIZE,
                 batmap_size=map_bytes // SECTOR_SIZE, header_offset=new_bat_end,
             ).with_map(bytes(new_map))
+            # A stale "full" bit must not survive the move (blktap refuses it).
+            new_batmap = new_batmap.without(new_batmap.stale_blocks(image.bat))
             tables_end = max(tables_end, new_bat_end + SECTOR_SIZE + map_bytes)
 
     # Which locator payloads need a (new) place?
@@ -373,6 +382,7 @@ def _release_stale_entries(image, first, last) -> None:
     """Set on-disk BAT entries ``[first, last)`` (past the old size) unallocated."""
     if last <= first:
         return
+    image.clear_batmap_bits(range(first, last))
     f = image._file
     table = image.header.table_offset
     raw = f.pread(table + first * 4, (last - first) * 4, "block allocation table")
@@ -486,12 +496,18 @@ def _resize_dynamic(image, footer, size, result) -> None:
         # crash in between leaves the old size reading zeros there.
         gone = [int(b) for b in np.flatnonzero(image.bat[new_blocks:] != BAT_UNUSED) + new_blocks]
         image.release_blocks(gone)
+        # Hints left on blocks already unallocated past the new end go too.
+        image.clear_batmap_bits(range(new_blocks, entries))
         result.blocks_released = len(gone)
         if size % block_size:
             _clear_tail(image, size // block_size, size % block_size)
         _release_stale_entries(image, old_blocks, entries)
         f.flush()
         image.store_footer(footer)
+        f.flush()
+        # The released blocks' space: the last blocks move into it and the
+        # file is cut after them (a crash before leaves leaked space only).
+        result.blocks_moved = layout.settle(image)
     else:
         # Make sure the range being added holds nothing: the tail of the old
         # last block, and table entries past the old size.

@@ -795,8 +795,9 @@ def batmap_unallocated_full(directory) -> Sample:
     fixed = batmap.with_map(bytes(map_bytes))
     _patch(path, batmap.batmap_offset, bytes(map_bytes))
     _patch(path, header_at, fixed.to_bytes())
-    return _sample(name, path, ["batmap.unallocated"], 0, digest=digest,
-                   description="blktap batmap marks unallocated block 1 full (a warning)")
+    return _sample(name, path, ["batmap.unallocated"], 2, repair="yes", digest=digest,
+                   description="blktap batmap marks unallocated block 1 full (an error: "
+                               "vhd-util check refuses it)")
 
 
 # ---------------------------------------------------------------------------
