@@ -156,12 +156,20 @@ def _round_up(value: int, unit: int) -> int:
     return -(-value // unit) * unit
 
 
-def output_format_for(dst, out_format: Optional[str], azure: bool) -> str:
-    """The output format: explicit, or ``fixed`` for Azure, or from DST's extension.
+def output_format_for(dst, out_format: Optional[str], azure: bool, xen: bool = False) -> str:
+    """The output format: explicit, or ``fixed`` for Azure, ``dynamic`` for Xen,
+    or from DST's extension.
 
     Raises:
-        UnsupportedError: an unknown format, or one that contradicts ``azure``.
+        UnsupportedError: an unknown format, or one that contradicts ``azure``
+            or ``xen``.
     """
+    if azure and xen:
+        raise UnsupportedError("--azure and --xen ask for different creators; choose one")
+    if xen and out_format is not None:
+        chosen = OUTPUT_ALIASES.get(out_format, out_format)
+        if chosen == "raw":
+            raise UnsupportedError("--xen writes a VHD (dynamic or fixed), not raw")
     if out_format is not None:
         chosen = OUTPUT_ALIASES.get(out_format, out_format)
         if chosen not in OUTPUT_FORMATS:
@@ -173,6 +181,8 @@ def output_format_for(dst, out_format: Optional[str], azure: bool) -> str:
         return chosen
     if azure:
         return "fixed"
+    if xen:
+        return "dynamic"
     if dst != STDIO and os.fspath(dst).lower().endswith(".vhd"):
         return "dynamic"
     return "raw"
@@ -322,6 +332,7 @@ def convert(
     out_format: Optional[str] = None,
     block_size: Optional[int] = None,
     azure: bool = False,
+    xen: bool = False,
     force: bool = False,
     digest: bool = False,
     progress=False,
@@ -345,6 +356,11 @@ def convert(
         block_size: dynamic output block size (default 2 MiB).
         azure: a fixed VHD Azure accepts: size rounded up to a whole MiB
             (noted), at most 32 TiB.
+        xen: a VHD that Xen / XCP-ng's blktap takes for its own (so
+            ``vhd-util resize`` accepts it): creator ``tap``, 2 MiB blocks
+            only, blktap's batmap and block placement, the batmap bit of
+            every block written set (see :mod:`vhdcore.xen`); dynamic unless
+            ``out_format`` says ``fixed``.
         force: replace an existing ``dst``.
         digest: compute the SHA-256 of the virtual contents in the same pass.
         progress: ``True`` for a meter on stderr, or a
@@ -368,11 +384,15 @@ def convert(
         OSError: a file could not be read or written.
     """
     started = time.monotonic()
-    fmt = output_format_for(dst, out_format, azure)
+    fmt = output_format_for(dst, out_format, azure, xen)
     notes: List[str] = []
     if fmt == "dynamic":
         block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
         _check_block_size(block_size)
+        if xen:
+            from .xen import check_block_size
+
+            check_block_size(block_size, os.fspath(dst))
     elif block_size is not None:
         notes.append(f"--block-size applies to dynamic output only; ignored for {fmt}")
         block_size = None
@@ -404,6 +424,7 @@ def convert(
             fmt=fmt,
             block_size=block_size,
             azure=azure,
+            xen=xen,
             digest=digest,
             uuid=uuid,
             timestamp=timestamp,
@@ -460,6 +481,7 @@ class _Job:
     notes: List[str]
     meter: Progress
     write_behind: bool = False
+    xen: bool = False
 
 
 def _run(source, out, job: _Job, result: ConversionResult) -> None:
@@ -478,6 +500,7 @@ def _run(source, out, job: _Job, result: ConversionResult) -> None:
         max_fixed_size=AZURE_MAX_SIZE if job.azure else MAX_FIXED_SIZE,
         uuid=job.uuid,
         timestamp=job.timestamp,
+        xen=job.xen,
     )
     if job.write_behind:
         writer.write_behind()

@@ -234,11 +234,13 @@ class FixedWriter(RawWriter):
         max_size: int = MAX_FIXED_SIZE,
         uuid=None,
         timestamp=None,
+        creator=None,
     ):
         super().__init__(out, granularity)
         self.max_size = max_size
         self.uuid = uuid
         self.timestamp = timestamp
+        self.creator = creator
 
     def data_end(self, virtual_size):
         return virtual_size + FOOTER_SIZE
@@ -251,6 +253,7 @@ class FixedWriter(RawWriter):
             uuid=self.uuid,
             timestamp=self.timestamp,
             max_fixed_size=self.max_size,
+            **_creator_fields(self.creator),
         )
         self.out.truncate(virtual_size)
         self.out.pwrite(virtual_size, footer.to_bytes())
@@ -266,6 +269,8 @@ class DynamicWriter(Writer):
         plan: for a stream, the sorted indices of the blocks to allocate
             (from :func:`plan_blocks`); ``None`` on a seekable file.
         uuid, timestamp: footer identity (random and now by default).
+        creator: ``(application, version, host OS)`` for the footer
+            (default: vhdcore's, see :mod:`vhdcore.footer`).
     """
 
     format = "dynamic"
@@ -278,8 +283,10 @@ class DynamicWriter(Writer):
         *,
         uuid=None,
         timestamp=None,
+        creator=None,
     ):
         super().__init__(out)
+        self.creator = creator
         self.block_size = block_size
         self.unit = block_size
         self.bitmap = b"\xff" * batmod.bitmap_bytes_for(block_size)
@@ -316,7 +323,7 @@ class DynamicWriter(Writer):
                     f"{_round_up(virtual_size, MAX_TABLE_ENTRIES) // MAX_TABLE_ENTRIES} bytes"
                 )
         self.table_entries = self.capacity
-        self.data_start = _round_up(TABLE_OFFSET + batmod.bat_bytes(self.capacity), SECTOR_SIZE)
+        self.data_start = self._data_start()
         self.bat = array.array(UINT32_TYPECODE, [BAT_UNUSED]) * self.capacity
         self.next_free = self.data_start
         if self.plan is not None:
@@ -326,6 +333,10 @@ class DynamicWriter(Writer):
                 self._allocate(block)
             # The BAT and the headers lead the stream.
             self._write_metadata(virtual_size)
+
+    def _data_start(self) -> int:
+        """The first byte after the metadata (a subclass may add its own)."""
+        return _round_up(TABLE_OFFSET + batmod.bat_bytes(self.capacity), SECTOR_SIZE)
 
     def _allocate(self, block: int) -> int:
         position = self.next_free
@@ -392,6 +403,7 @@ class DynamicWriter(Writer):
             virtual_size,
             uuid=self.uuid,
             timestamp=self.timestamp,
+            **_creator_fields(self.creator),
         )
 
     def _write_metadata(self, virtual_size: int) -> None:
@@ -471,6 +483,14 @@ def plan_blocks(source, block_size: int, buffer, probe: int = 4096, progress=Non
     return allocated
 
 
+def _creator_fields(creator) -> dict:
+    """``Footer.new`` keywords for a ``(application, version, host OS)`` triple."""
+    if creator is None:
+        return {}
+    app, version, host = creator
+    return {"creator_app": app, "creator_version": version, "creator_os": host}
+
+
 def make_writer(
     kind: str,
     out,
@@ -480,13 +500,25 @@ def make_writer(
     max_fixed_size: int = MAX_FIXED_SIZE,
     uuid=None,
     timestamp=None,
+    xen: bool = False,
 ) -> Writer:
-    """The writer for output format ``kind`` (``raw``, ``fixed`` or ``dynamic``)."""
+    """The writer for output format ``kind`` (``raw``, ``fixed`` or ``dynamic``).
+
+    ``xen`` lays VHD output out as blktap does (:mod:`vhdcore.xen`).
+    """
     if kind == "raw":
         return RawWriter(out)
     if kind == "fixed":
-        return FixedWriter(out, max_size=max_fixed_size, uuid=uuid, timestamp=timestamp)
+        creator = None
+        if xen:
+            from .xen import TAP_CREATOR as creator
+        return FixedWriter(out, max_size=max_fixed_size, uuid=uuid, timestamp=timestamp,
+                           creator=creator)
     if kind == "dynamic":
+        if xen:
+            from .xen import XenDynamicWriter
+
+            return XenDynamicWriter(out, block_size, plan, uuid=uuid, timestamp=timestamp)
         return DynamicWriter(out, block_size, plan, uuid=uuid, timestamp=timestamp)
     raise ValueError(f"unknown output format {kind!r}")
 

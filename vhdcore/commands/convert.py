@@ -32,7 +32,10 @@ def add_arguments(parser):
         "--output-format",
         dest="out_format",
         choices=("raw", "fixed", "dynamic"),
-        help="output format (default: dynamic when DST ends in .vhd, else raw; fixed with --azure)",
+        help=(
+            "output format (default: dynamic when DST ends in .vhd, else raw; "
+            "fixed with --azure, dynamic with --xen)"
+        ),
     )
     parser.add_argument(
         "--block-size",
@@ -51,6 +54,14 @@ def add_arguments(parser):
         "--azure",
         action="store_true",
         help="a fixed VHD for Azure: size rounded up to a whole MiB, at most 32 TiB",
+    )
+    parser.add_argument(
+        "--xen",
+        action="store_true",
+        help=(
+            "a VHD for Xen / XCP-ng (blktap): creator tap, 2M blocks, blktap's batmap, so "
+            "vhd-util resize accepts it"
+        ),
     )
     parser.add_argument("--force", action="store_true", help="replace an existing DST")
     parser.add_argument(
@@ -88,6 +99,7 @@ def run(args) -> int:
             out_format=args.out_format,
             block_size=args.block_size,
             azure=args.azure,
+            xen=args.xen,
             force=args.force,
             digest=args.digest,
             progress=args.progress,
