@@ -159,6 +159,7 @@ class VHD:
         f = self._file
         file_size = f.size()
         self.file_size = file_size
+        self.footer_copy: Optional[Footer] = None
         if file_size < LEGACY_FOOTER_SIZE:
             raise FormatError(
                 f"{self.path}: file too small for a VHD ({file_size} bytes; a footer needs 512)"
@@ -225,6 +226,7 @@ class VHD:
         """
         primary_errors = self._footer_errors(primary, primary_offset, file_size)
         copy = Footer.from_bytes(self._file.pread(0, FOOTER_SIZE, "footer copy"))
+        self.footer_copy = copy
         copy_ok = copy.cookie == FOOTER_COOKIE and copy.disk_type in (
             DISK_DYNAMIC, DISK_DIFFERENCING,
         ) and not self._footer_errors(copy, 0, file_size)

@@ -46,6 +46,7 @@ __all__ = [
     "blktap_map_blocks",
     "block_start",
     "check_block_size",
+    "hidden_flag",
     "is_tap",
     "new_batmap",
     "store_full_bits",
@@ -66,6 +67,18 @@ def _round_up(value: int, unit: int) -> int:
 def is_tap(footer) -> bool:
     """Whether blktap takes the image for its own (``vhd_creator_tapdisk``)."""
     return bytes(footer.creator_app[:3]) == b"tap"
+
+
+def hidden_flag(footer, copy=None) -> int:
+    """blktap's hidden flag as ``vhd_hidden`` reads it.
+
+    The footer's first reserved byte; but tap 0.1 and 1.1 dynamic images
+    kept it only in the copy at offset 0 (``copy``), so it is read there.
+    """
+    legacy = is_tap(footer) and footer.creator_version in (0x00000001, 0x00010001)
+    if legacy and footer.disk_type in (3, 4) and copy is not None:
+        return copy.hidden
+    return footer.hidden
 
 
 def check_block_size(block_size: int, where: str = "") -> None:
