@@ -117,6 +117,10 @@ def test_create_xen_has_blktaps_footer_and_batmap(tmp_path, cli, peers, size):
     assert batmap["version"] == 0x00010002
     assert batmap["checksum"] == batmap["computed"] and not batmap["full"]
     assert os.path.getsize(path) == end + 512  # the footer right after the map
+    # vhd_create_bat zeroes the table's last sector beyond the entries.
+    assert read_at(path, 1536 + entries * 4, header_at - 1536 - entries * 4) == bytes(
+        header_at - 1536 - entries * 4
+    )
     assert check(path).exit_code == 0
     assert_peers_accept(peers, path, size)
 

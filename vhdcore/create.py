@@ -122,7 +122,8 @@ def _dynamic_layout(path, size, disk_type, block_size, footer, parent, xen=False
     )
     footer_bytes = footer.to_bytes()
     table = BAT_UNUSED.to_bytes(4, "big") * entries
-    table += b"\xff" * (table_bytes - len(table))
+    # qemu pads the table's last sector with 0xFF, blktap with zeros.
+    table += (b"\0" if xen else b"\xff") * (table_bytes - len(table))
     pieces = [(0, footer_bytes), (512, header.to_bytes()), (TABLE_OFFSET, table)]
     pieces += batmap_pieces
     pieces += payloads

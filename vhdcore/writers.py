@@ -274,6 +274,8 @@ class DynamicWriter(Writer):
     """
 
     format = "dynamic"
+    #: What fills the BAT's last sector after the entries (qemu: 0xFF).
+    bat_padding = b"\xff"
 
     def __init__(
         self,
@@ -410,7 +412,7 @@ class DynamicWriter(Writer):
         entries = self.table_entries
         footer = self._footer(virtual_size)
         header = DynamicHeader.new(entries, self.block_size, table_offset=TABLE_OFFSET)
-        table = bytearray(b"\xff" * batmod.bat_bytes(entries))
+        table = bytearray(self.bat_padding * batmod.bat_bytes(entries))
         table[: entries * 4] = kernels.bat_encode(self.bat[:entries])
         self.out.pwrite(0, footer.to_bytes())
         self.out.pwrite(FOOTER_SIZE, header.to_bytes())

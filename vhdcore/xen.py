@@ -185,6 +185,8 @@ class XenDynamicWriter(DynamicWriter):
     bitmap, so each gets its batmap bit.
     """
 
+    bat_padding = b"\0"  # vhd_create_bat zeroes the table before the entries
+
     def __init__(self, out, block_size: int = XEN_BLOCK_SIZE, plan=None, *, uuid=None,
                  timestamp=None):
         check_block_size(block_size)
