@@ -196,7 +196,8 @@ def _check_block_size(block_size: int) -> None:
         )
 
 
-def _output_size(source_size: int, out_format: str, azure: bool, notes: List[str]) -> int:
+def _output_size(source_size: int, out_format: str, azure: bool, notes: List[str],
+                 xen: bool = False) -> int:
     """The output's virtual size, with the notes and limits that go with it."""
     if out_format == "raw":
         return source_size
@@ -216,6 +217,15 @@ def _output_size(source_size: int, out_format: str, azure: bool, notes: List[str
             )
         if size < AZURE_MIN_SIZE:
             notes.append(f"Azure managed disks are at least {format_size(AZURE_MIN_SIZE)}")
+    elif xen:
+        from .xen import XEN_BLOCK_SIZE
+
+        size = _round_up(source_size, XEN_BLOCK_SIZE)
+        if size != source_size:
+            notes.append(
+                f"virtual size rounded up from {source_size} to {size} bytes "
+                f"({format_size(size)}), a whole 2 MiB block as blktap makes them"
+            )
     else:
         size = _round_up(source_size, SECTOR_SIZE)
         if size != source_size:
@@ -359,8 +369,9 @@ def convert(
         xen: a VHD that Xen / XCP-ng's blktap takes for its own (so
             ``vhd-util resize`` accepts it): creator ``tap``, 2 MiB blocks
             only, blktap's batmap and block placement, the batmap bit of
-            every block written set (see :mod:`vhdcore.xen`); dynamic unless
-            ``out_format`` says ``fixed``.
+            every block written set (see :mod:`vhdcore.xen`); the size
+            rounded up to a whole 2 MiB block (noted), as blktap sizes its
+            disks; dynamic unless ``out_format`` says ``fixed``.
         force: replace an existing ``dst``.
         digest: compute the SHA-256 of the virtual contents in the same pass.
         progress: ``True`` for a meter on stderr, or a
@@ -406,7 +417,7 @@ def convert(
         source_size = source.virtual_size
         out_size = None
         if source_size is not None:
-            out_size = _output_size(source_size, fmt, azure, notes)
+            out_size = _output_size(source_size, fmt, azure, notes, xen)
         if to_stream and fmt == "dynamic" and not source.seekable:
             raise ConversionError(
                 "a dynamic VHD on stdout needs a first pass over the source to lay out its "
@@ -527,7 +538,7 @@ def _run(source, out, job: _Job, result: ConversionResult) -> None:
             update(offset + length)
     source_size = source.virtual_size
     if out_size is None:  # a stream: the size is known only now
-        out_size = _output_size(source_size, fmt, job.azure, job.notes)
+        out_size = _output_size(source_size, fmt, job.azure, job.notes, job.xen)
     result.output_size = writer.finish(out_size)
     job.meter.update(out_size)
     job.meter.finish()

@@ -171,9 +171,10 @@ def create(
             same options accepts: a parent outside the child's directory
             needs its directory in ``allow_parent_dirs``.
         xen: an image Xen / XCP-ng's blktap takes for its own (so
-            ``vhd-util resize`` accepts it): creator ``tap`` 1.3, and for
-            dynamic and differencing disks blktap's batmap; 2 MiB blocks
-            only (see :mod:`vhdcore.xen`).
+            ``vhd-util resize`` accepts it): creator ``tap`` 1.3, the size
+            rounded up to a whole 2 MiB block (noted), and for dynamic and
+            differencing disks blktap's batmap; 2 MiB blocks only (see
+            :mod:`vhdcore.xen`).
 
     Returns:
         The new :class:`vhdcore.image.VHD`, opened ``"r+"``; ``notes`` says
@@ -229,9 +230,19 @@ def create(
             raise VHDError(f"{path}: a size is needed for a {type} image")
         if size < 0:
             raise LimitError(f"{path}: size {size} is negative")
-        rounded = _round_up(size, SECTOR_SIZE)
+        if xen and disk_type != DISK_DIFFERENCING:
+            # blktap sizes new disks in whole 2 MiB blocks (vhd_create), and
+            # its resize miscounts any other size (21 MiB grown "to 64" is
+            # 66); a snapshot keeps its parent's size, as vhd_snapshot does.
+            from .xen import XEN_BLOCK_SIZE
+
+            rounded = _round_up(size, XEN_BLOCK_SIZE)
+            unit = "a whole 2 MiB block, as blktap sizes disks"
+        else:
+            rounded = _round_up(size, SECTOR_SIZE)
+            unit = "a whole sector"
         if rounded != size:
-            notes.append(f"size {size} rounded up to {rounded} bytes (a whole sector)")
+            notes.append(f"size {size} rounded up to {rounded} bytes ({unit})")
         limit = MAX_FIXED_SIZE if disk_type == DISK_FIXED else MAX_DYNAMIC_SIZE
         if rounded > limit:
             raise LimitError(
