@@ -451,3 +451,27 @@ def test_vhd_util_refuses_to_resize_without_xen(tmp_path, vhd_util):
     vhdcore.create(path, 100 * MiB).close()
     result = vhd_util("resize", "-n", path, "-s", 300, "-j", tmp_path / "journal")
     assert result.returncode != 0 and "not created by xen" in result.stdout
+
+
+def test_our_layout_equals_vhd_utils(tmp_path, rng, vhd_util):
+    # Metadata of create --xen: vhd-util create's, but for identity fields.
+    theirs, ours = tmp_path / "theirs.vhd", tmp_path / "ours.vhd"
+    assert vhd_util("create", "-n", theirs, "-s", 100).returncode == 0
+    vhdcore.create(ours, 100 * MiB, xen=True).close()
+    a, b = bytearray(theirs.read_bytes()), bytearray(ours.read_bytes())
+    assert len(a) == len(b)
+    for footer in (0, len(a) - 512):
+        for start, end in ((24, 28), (64, 84)):  # timestamp, checksum, UUID
+            a[footer + start : footer + end] = b[footer + start : footer + end]
+    assert a == b
+    # Block placement: vhd-util fill allocates every block, as convert does
+    # for a source full of data.
+    filled = tmp_path / "filled.vhd"
+    assert vhd_util("create", "-n", filled, "-s", 22).returncode == 0
+    assert vhd_util("fill", "-n", filled).returncode == 0
+    src = tmp_path / "full.raw"
+    src.write_bytes(rng.integers(1, 256, 22 * MiB, dtype=np.uint8).tobytes())
+    convert(src, ours, xen=True, force=True)
+    assert bat_of(ours, 11) == bat_of(filled, 11)
+    assert os.path.getsize(ours) == os.path.getsize(filled)
+    assert batmap_of(ours, 2048)["full"] == batmap_of(filled, 2048)["full"] == set(range(11))
