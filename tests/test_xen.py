@@ -328,7 +328,7 @@ def test_differencing_child_sets_bits_only_for_whole_blocks(tmp_path, rng, cli, 
         header = image.header
         locators = [loc for loc in header.locators if loc.data_length]
         bitmap = image._bitmap(1)
-    entries, header_at, map_at, sectors, _end = blktap_metadata(16 * MiB)
+    _entries, header_at, map_at, sectors, _end = blktap_metadata(16 * MiB)
     batmap = batmap_of(child, header_at)
     assert batmap["full"] == {3}
     assert batmap["checksum"] == batmap["computed"]
@@ -384,7 +384,7 @@ def test_info_reads_hidden_as_blktap_does(tmp_path, cli):
     vhdcore.create(path, 4 * MiB, xen=True).close()
     end = os.path.getsize(path) - 512
     _set_hidden(path, 1, (0, end))
-    code, out, _err = cli("info", path)
+    _code, out, _err = cli("info", path)
     assert "hidden (blktap): yes" in out
     assert json.loads(cli("info", path, "--json")[1])["hidden"] == 1
     # tap 1.1 kept the flag in the copy at offset 0 only (vhd_hidden).
@@ -414,7 +414,9 @@ def vhd_util():
     tool = os.environ.get("VHDCORE_VHD_UTIL") or shutil.which("vhd-util")
     if not tool:
         pytest.skip("blktap's vhd-util not installed (set VHDCORE_VHD_UTIL to a build of it)")
-    return lambda *argv: subprocess.run([tool, *map(str, argv)], capture_output=True, text=True)
+    return lambda *argv: subprocess.run(
+        [tool, *map(str, argv)], capture_output=True, text=True, check=False
+    )
 
 
 def test_vhd_util_accepts_and_resizes_xen_images(tmp_path, rng, vhd_util, peers):

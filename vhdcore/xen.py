@@ -28,7 +28,7 @@ The batmap is read by :mod:`vhdcore.batmap`; this module writes it.
 
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from collections.abc import Iterable
 
 from . import bat as batmod
 from .batmap import BATMAP_VERSION_1_2, Batmap, find_batmap
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: (application, version, host OS) as ``vhd_initialize_footer`` writes them.
-TAP_CREATOR: Tuple[bytes, int, bytes] = (b"tap\0", 0x00010003, b"\0\0\0\0")
+TAP_CREATOR: tuple[bytes, int, bytes] = (b"tap\0", 0x00010003, b"\0\0\0\0")
 #: The only block size blktap handles (``VHD_BLOCK_SIZE``).
 XEN_BLOCK_SIZE = 2 << 20
 #: blktap puts each block's data on a page boundary.
@@ -98,7 +98,8 @@ def check_block_size(block_size: int, where: str = "") -> None:
 
 def batmap_sectors(entries: int) -> int:
     """Sectors of map for ``entries`` BAT entries (``secs_round_up_no_zero``)."""
-    return max(1, -(-(-(-entries // 8)) // SECTOR_SIZE))
+    map_bytes = -(-entries // 8)
+    return max(1, -(-map_bytes // SECTOR_SIZE))
 
 
 def blktap_map_blocks(current_size: int) -> int:
