@@ -518,7 +518,7 @@ def make_writer(
                            creator=creator)
     if kind == "dynamic":
         if xen:
-            from .xen import XenDynamicWriter
+            from .xen_writer import XenDynamicWriter
 
             return XenDynamicWriter(out, block_size, plan, uuid=uuid, timestamp=timestamp)
         return DynamicWriter(out, block_size, plan, uuid=uuid, timestamp=timestamp)

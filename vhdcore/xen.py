@@ -23,25 +23,23 @@ blktap's own ``vhd-util create`` / ``snapshot`` write (blktap
   block whose bitmap is not full would hide a differencing disk's parent,
   so a bit is only ever set once the full bitmap is on disk.
 
-The batmap is read by :mod:`vhdcore.batmap`; this module writes it.
+The batmap is read by :mod:`vhdcore.batmap`; this module writes it, and
+:mod:`vhdcore.xen_writer` is the conversion writer for this layout.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from . import bat as batmod
 from .batmap import BATMAP_VERSION_1_2, Batmap, find_batmap
 from .constants import BAT_UNUSED, BATMAP_COOKIE, SECTOR_SIZE
 from .errors import LimitError
 from .sizes import format_size
-from .writers import TABLE_OFFSET, DynamicWriter
 
 __all__ = [
     "PAGE_SIZE",
     "TAP_CREATOR",
     "XEN_BLOCK_SIZE",
-    "XenDynamicWriter",
     "batmap_sectors",
     "blktap_map_blocks",
     "block_start",
@@ -177,41 +175,3 @@ def store_full_bits(file, footer, header, table, blocks, is_full) -> Batmap | No
     file.pwrite(batmap.batmap_offset, batmap.map)
     file.pwrite(batmap.header_offset, batmap.to_bytes())
     return batmap
-
-
-class XenDynamicWriter(DynamicWriter):
-    """A dynamic VHD laid out as blktap lays it out (see the module docstring).
-
-    Every block this writer allocates is stored whole with an all-ones
-    bitmap, so each gets its batmap bit.
-    """
-
-    bat_padding = b"\0"  # vhd_create_bat zeroes the table before the entries
-
-    def __init__(self, out, block_size: int = XEN_BLOCK_SIZE, plan=None, *, uuid=None,
-                 timestamp=None):
-        check_block_size(block_size)
-        super().__init__(out, block_size, plan, uuid=uuid, timestamp=timestamp,
-                         creator=TAP_CREATOR)
-
-    def _data_start(self) -> int:
-        self.batmap_at = TABLE_OFFSET + batmod.bat_bytes(self.capacity)
-        return self.batmap_at + SECTOR_SIZE + batmap_sectors(self.capacity) * SECTOR_SIZE
-
-    def _allocate(self, block: int) -> int:
-        position = block_start(self.next_free, len(self.bitmap))
-        self.bat[block] = position // SECTOR_SIZE
-        self.next_free = position + self.span
-        self.blocks_allocated += 1
-        return position
-
-    def _write_metadata(self, virtual_size: int) -> None:
-        super()._write_metadata(virtual_size)
-        import numpy as np
-
-        entries = self.table_entries
-        table = np.frombuffer(self.bat, dtype=np.uint32)[:entries]
-        full = np.flatnonzero(table != BAT_UNUSED)
-        batmap = new_batmap(self.batmap_at, entries, full, virtual_size)
-        self.out.pwrite(self.batmap_at, batmap.to_bytes())
-        self.out.pwrite(batmap.batmap_offset, batmap.map)
