@@ -168,12 +168,20 @@ def _round_up(value: int, unit: int) -> int:
     return -(-value // unit) * unit
 
 
-def output_format_for(dst, out_format: Optional[str], azure: bool) -> str:
-    """The output format: explicit, or ``fixed`` for Azure, or from DST's extension.
+def output_format_for(dst, out_format: Optional[str], azure: bool, xen: bool = False) -> str:
+    """The output format: explicit, or ``fixed`` for Azure, ``dynamic`` for Xen,
+    or from DST's extension.
 
     Raises:
-        UnsupportedError: an unknown format, or one that contradicts ``azure``.
+        UnsupportedError: an unknown format, or one that contradicts ``azure``
+            or ``xen``.
     """
+    if azure and xen:
+        raise UnsupportedError("--azure and --xen ask for different creators; choose one")
+    if xen and out_format is not None:
+        chosen = OUTPUT_ALIASES.get(out_format, out_format)
+        if chosen == "raw":
+            raise UnsupportedError("--xen writes a VHD (dynamic or fixed), not raw")
     if out_format is not None:
         chosen = OUTPUT_ALIASES.get(out_format, out_format)
         if chosen not in OUTPUT_FORMATS:
@@ -185,6 +193,8 @@ def output_format_for(dst, out_format: Optional[str], azure: bool) -> str:
         return chosen
     if azure:
         return "fixed"
+    if xen:
+        return "dynamic"
     if dst != STDIO and os.fspath(dst).lower().endswith(".vhd"):
         return "dynamic"
     return "raw"
@@ -198,7 +208,8 @@ def _check_block_size(block_size: int) -> None:
         )
 
 
-def _output_size(source_size: int, out_format: str, azure: bool, notes: List[str]) -> int:
+def _output_size(source_size: int, out_format: str, azure: bool, notes: List[str],
+                 xen: bool = False) -> int:
     """The output's virtual size, with the notes and limits that go with it."""
     if out_format == "raw":
         return source_size
@@ -218,6 +229,15 @@ def _output_size(source_size: int, out_format: str, azure: bool, notes: List[str
             )
         if size < AZURE_MIN_SIZE:
             notes.append(f"Azure managed disks are at least {format_size(AZURE_MIN_SIZE)}")
+    elif xen:
+        from .xen import XEN_BLOCK_SIZE
+
+        size = _round_up(source_size, XEN_BLOCK_SIZE)
+        if size != source_size:
+            notes.append(
+                f"virtual size rounded up from {source_size} to {size} bytes "
+                f"({format_size(size)}), a whole 2 MiB block as blktap makes them"
+            )
     else:
         size = _round_up(source_size, SECTOR_SIZE)
         if size != source_size:
@@ -339,6 +359,7 @@ def convert(
     out_format: Optional[str] = None,
     block_size: Optional[int] = None,
     azure: bool = False,
+    xen: bool = False,
     force: bool = False,
     digest: bool = False,
     progress=False,
@@ -363,6 +384,12 @@ def convert(
         block_size: dynamic output block size (default 2 MiB).
         azure: a fixed VHD Azure accepts: size rounded up to a whole MiB
             (noted), at most 32 TiB.
+        xen: a VHD that Xen / XCP-ng's blktap takes for its own (so
+            ``vhd-util resize`` accepts it): creator ``tap``, 2 MiB blocks
+            only, blktap's batmap and block placement, the batmap bit of
+            every block written set (see :mod:`vhdcore.xen`); the size
+            rounded up to a whole 2 MiB block (noted), as blktap sizes its
+            disks; dynamic unless ``out_format`` says ``fixed``.
         force: replace an existing ``dst``.
         digest: compute the SHA-256 of the virtual contents in the same pass.
         progress: ``True`` for a meter on stderr, or a
@@ -388,11 +415,15 @@ def convert(
             ...); the message names the destination, not its temporary file.
     """
     started = time.monotonic()
-    fmt = output_format_for(dst, out_format, azure)
+    fmt = output_format_for(dst, out_format, azure, xen)
     notes: List[str] = []
     if fmt == "dynamic":
         block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
         _check_block_size(block_size)
+        if xen:
+            from .xen import check_block_size
+
+            check_block_size(block_size, os.fspath(dst))
     elif block_size is not None:
         notes.append(f"--block-size applies to dynamic output only; ignored for {fmt}")
         block_size = None
@@ -406,7 +437,7 @@ def convert(
         source_size = source.virtual_size
         out_size = None
         if source_size is not None:
-            out_size = _output_size(source_size, fmt, azure, notes)
+            out_size = _output_size(source_size, fmt, azure, notes, xen)
         if to_stream and fmt == "dynamic" and not source.seekable:
             raise ConversionError(
                 "a dynamic VHD on stdout needs a first pass over the source to lay out its "
@@ -424,6 +455,7 @@ def convert(
             fmt=fmt,
             block_size=block_size,
             azure=azure,
+            xen=xen,
             digest=digest,
             uuid=uuid,
             timestamp=timestamp,
@@ -481,6 +513,7 @@ class _Job:
     notes: List[str]
     meter: Progress
     write_behind: bool = False
+    xen: bool = False
 
 
 def _run(source, out, job: _Job, result: ConversionResult) -> None:
@@ -499,6 +532,7 @@ def _run(source, out, job: _Job, result: ConversionResult) -> None:
         max_fixed_size=AZURE_MAX_SIZE if job.azure else MAX_FIXED_SIZE,
         uuid=job.uuid,
         timestamp=job.timestamp,
+        xen=job.xen,
     )
     if job.write_behind:
         writer.write_behind()
@@ -525,7 +559,7 @@ def _run(source, out, job: _Job, result: ConversionResult) -> None:
             update(offset + length)
     source_size = source.virtual_size
     if out_size is None:  # a stream: the size is known only now
-        out_size = _output_size(source_size, fmt, job.azure, job.notes)
+        out_size = _output_size(source_size, fmt, job.azure, job.notes, job.xen)
     result.output_size = writer.finish(out_size)
     job.meter.update(out_size)
     job.meter.finish()

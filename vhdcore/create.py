@@ -4,7 +4,9 @@ Sizes are exact: the virtual size is the size asked for, rounded up to a
 whole sector, and the rounding is reported in ``VHD.notes``. We write
 creator ``win `` with the specification's CHS geometry, so qemu (old and
 new), libvhdi, vhd-util and Hyper-V all read the current-size field and
-agree on that size (see docs/ARCHITECTURE.md, "Virtual size").
+agree on that size (see docs/ARCHITECTURE.md, "Virtual size"). With
+``xen=True`` the creator is blktap's ``tap`` instead (qemu reads its
+current size too) and the layout blktap's (:mod:`vhdcore.xen`).
 
 The image is built in a temporary file beside the destination, flushed,
 and then linked into place, so a failure never leaves half an image and an
@@ -79,11 +81,22 @@ def parent_locators(child_path, parent_path):
     ]
 
 
-def _dynamic_layout(path, size, disk_type, block_size, footer, parent):
-    """The metadata of a new dynamic or differencing image, as (offset, bytes) pieces."""
+def _dynamic_layout(path, size, disk_type, block_size, footer, parent, xen=False):
+    """The metadata of a new dynamic or differencing image, as (offset, bytes) pieces.
+
+    With ``xen``, blktap's empty batmap follows the BAT and the locators
+    follow the batmap, as ``vhd-util create`` / ``snapshot`` lay them out.
+    """
     entries = batmod.blocks_needed(size, block_size)
     table_bytes = batmod.bat_bytes(entries)
     position = TABLE_OFFSET + table_bytes
+    batmap_pieces = []
+    if xen:
+        from .xen import new_batmap
+
+        batmap = new_batmap(position, entries, (), size)
+        batmap_pieces = [(position, batmap.to_bytes()), (batmap.batmap_offset, batmap.map)]
+        position = batmap.end
     locators = []
     payloads = []
     parent_uuid = None
@@ -109,8 +122,10 @@ def _dynamic_layout(path, size, disk_type, block_size, footer, parent):
     )
     footer_bytes = footer.to_bytes()
     table = BAT_UNUSED.to_bytes(4, "big") * entries
-    table += b"\xff" * (table_bytes - len(table))
+    # qemu pads the table's last sector with 0xFF, blktap with zeros.
+    table += (b"\0" if xen else b"\xff") * (table_bytes - len(table))
     pieces = [(0, footer_bytes), (512, header.to_bytes()), (TABLE_OFFSET, table)]
+    pieces += batmap_pieces
     pieces += payloads
     pieces.append((position, footer_bytes))
     return pieces
@@ -129,6 +144,7 @@ def create(
     allow_parent_dirs=(),
     allow_symlinks: bool = False,
     max_chain_depth: Optional[int] = None,
+    xen: bool = False,
 ):
     """Create a VHD image and return it open for reading and writing.
 
@@ -154,13 +170,19 @@ def create(
             new child's chain must be one that opening the child with the
             same options accepts: a parent outside the child's directory
             needs its directory in ``allow_parent_dirs``.
+        xen: an image Xen / XCP-ng's blktap takes for its own (so
+            ``vhd-util resize`` accepts it): creator ``tap`` 1.3, the size
+            rounded up to a whole 2 MiB block (noted), and for dynamic and
+            differencing disks blktap's batmap; 2 MiB blocks only (see
+            :mod:`vhdcore.xen`).
 
     Returns:
         The new :class:`vhdcore.image.VHD`, opened ``"r+"``; ``notes`` says
         whether the size was rounded.
 
     Raises:
-        LimitError: the size or block size is out of range.
+        LimitError: the size or block size is out of range (with ``xen``,
+            any block size but 2 MiB, the parent's included).
         VHDError: the parent cannot be used.
         UnsafeParentError: a member of the parent's chain lies where the
             chain policy would refuse it when the child is opened.
@@ -208,9 +230,19 @@ def create(
             raise VHDError(f"{path}: a size is needed for a {type} image")
         if size < 0:
             raise ArgumentLimitError(f"{path}: size {size} is negative")
-        rounded = _round_up(size, SECTOR_SIZE)
+        if xen and disk_type != DISK_DIFFERENCING:
+            # blktap sizes new disks in whole 2 MiB blocks (vhd_create), and
+            # its resize miscounts any other size (21 MiB grown "to 64" is
+            # 66); a snapshot keeps its parent's size, as vhd_snapshot does.
+            from .xen import XEN_BLOCK_SIZE
+
+            rounded = _round_up(size, XEN_BLOCK_SIZE)
+            unit = "a whole 2 MiB block, as blktap sizes disks"
+        else:
+            rounded = _round_up(size, SECTOR_SIZE)
+            unit = "a whole sector"
         if rounded != size:
-            notes.append(f"size {size} rounded up to {rounded} bytes (a whole sector)")
+            notes.append(f"size {size} rounded up to {rounded} bytes ({unit})")
         limit = MAX_FIXED_SIZE if disk_type == DISK_FIXED else MAX_DYNAMIC_SIZE
         if rounded > limit:
             raise ArgumentLimitError(
@@ -218,16 +250,26 @@ def create(
             )
         if disk_type == DISK_FIXED and rounded > MAX_DYNAMIC_SIZE:
             notes.append("fixed VHD over 2040 GiB: qemu and Hyper-V OS disks will not open it")
+        creator = {}
         if disk_type != DISK_FIXED:
             _check_block_size(block_size)
+        if xen:
+            from .xen import TAP_CREATOR, check_block_size
+
+            if disk_type == DISK_DIFFERENCING:
+                check_block_size(block_size, f"{path} (a child has its parent's block size)")
+            elif disk_type != DISK_FIXED:
+                check_block_size(block_size, os.fspath(path))
+            creator = dict(zip(("creator_app", "creator_version", "creator_os"), TAP_CREATOR))
         footer = Footer.new(
             disk_type, rounded, uuid=uuid,
-            timestamp=None if timestamp is None else vhd_timestamp(timestamp),
+            timestamp=None if timestamp is None else vhd_timestamp(timestamp), **creator,
         )
         if disk_type == DISK_FIXED:
             pieces = [(rounded, footer.to_bytes())]
         else:
-            pieces = _dynamic_layout(path, rounded, disk_type, block_size, footer, parent_image)
+            pieces = _dynamic_layout(path, rounded, disk_type, block_size, footer, parent_image,
+                                     xen)
         _write_new_file(path, pieces, overwrite)
     finally:
         if own_parent and parent_image is not None:

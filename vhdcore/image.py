@@ -32,6 +32,7 @@ from typing import List, Optional
 from . import bat as batmod
 from . import chain
 from .batmap import find_batmap
+from .xen import PAGE_SIZE, block_start, is_tap, store_full_bits
 from .constants import (
     BAT_UNUSED,
     DISK_DIFFERENCING,
@@ -158,6 +159,9 @@ class VHD:
         self._bat_table: Optional[array.array] = None
         self._bat_numpy = None
         self._bitmaps = {}
+        # Blocks whose bitmap became full: their batmap bits are set at the
+        # next flush, once the bitmaps are durable (see _sync).
+        self._batmap_pending = set()
         self._closed = False
         self._detached = False
         # A writer's parents must not change under it (its data is only the
@@ -195,6 +199,7 @@ class VHD:
         f = self._file
         file_size = f.size()
         self.file_size = file_size
+        self.footer_copy: Optional[Footer] = None
         head = f.pread(0, min(file_size, probe.HEAD_SIZE), "start")
         tails = [
             f.pread(file_size - length, length, "footer")
@@ -270,6 +275,7 @@ class VHD:
         """
         primary_errors = self._footer_errors(primary, primary_offset, file_size)
         copy = Footer.from_bytes(self._file.pread(0, FOOTER_SIZE, "footer copy"))
+        self.footer_copy = copy
         copy_ok = copy.cookie == FOOTER_COOKIE and copy.disk_type in (
             DISK_DYNAMIC, DISK_DIFFERENCING,
         ) and not self._footer_errors(copy, 0, file_size)
@@ -689,8 +695,12 @@ class VHD:
         self.clear_batmap_bits(blocks)
         old_size = f.size()
         first = self._next_free
-        span = self._block_span
-        new_end = first + span * len(blocks)
+        span = stride = self._block_span
+        if is_tap(self.footer):
+            # blktap's placement: each block's data on a 4 KiB page.
+            first = block_start(first, self._bitmap_bytes)
+            stride = -(-span // PAGE_SIZE) * PAGE_SIZE
+        new_end = first + stride * (len(blocks) - 1) + span
         footer_bytes = self.footer.to_bytes()
         # 1. Extend: footer at the new end, zeros over the blocks' bitmaps
         #    and over any old bytes (the old footer, trailing garbage) the
@@ -704,8 +714,13 @@ class VHD:
                 f.truncate(old_size)
             raise
         zero_bitmap = bytes(self._bitmap_bytes)
+        gap_start = self._next_free
         for i in range(len(blocks)):
-            start = first + i * span
+            start = first + i * stride
+            if gap_start < min(start, old_size):
+                # Alignment padding over old bytes (the old footer): zeros.
+                f.pwrite(gap_start, bytes(min(start, old_size) - gap_start))
+            gap_start = start + span
             f.pwrite(start, zero_bitmap)
             stale_end = min(old_size, start + span)
             position = start + self._bitmap_bytes
@@ -722,7 +737,7 @@ class VHD:
         #    only once the on-disk entry is written.
         pending = array.array(UINT32_TYPECODE, self._bat_table)
         for i, block in enumerate(blocks):
-            pending[block] = (first + i * span) // SECTOR_SIZE
+            pending[block] = (first + i * stride) // SECTOR_SIZE
         self._next_free = new_end
         for sector in sorted({block * 4 // SECTOR_SIZE for block in blocks}):
             lo = sector * SECTOR_SIZE // 4
@@ -780,6 +795,24 @@ class VHD:
         for block in sorted(updates):
             self._file.pwrite(self._bat_view[block] * SECTOR_SIZE, updates[block])
             self._bitmaps[block] = updates[block]
+        if self.batmap is not None:
+            spb = self._sectors_per_block
+            self._batmap_pending.update(
+                block for block in updates if kernels.bitmap_count(updates[block], 0, spb) == spb
+            )
+
+    def _store_batmap_bits(self) -> None:
+        """Set the batmap bits of blocks whose bitmap became full (blktap's fast path)."""
+        pending, self._batmap_pending = self._batmap_pending, set()
+        spb = self._sectors_per_block
+
+        def full(block):
+            return kernels.bitmap_count(self._bitmap(block), 0, spb) == spb
+
+        batmap = store_full_bits(self._file, self.footer, self.header, self._bat_view,
+                                 pending, full)
+        if batmap is not None:
+            self.batmap = batmap
 
     # ------------------------------------------------------------------
     # batch writes and layout changes (commit, rebase, resize, compact)
@@ -1062,7 +1095,15 @@ class VHD:
     def flush(self) -> None:
         """Make every completed write durable (fsync)."""
         if self.mode == "r+" and not self._closed:
+            self._sync()
+
+    def _sync(self) -> None:
+        if self._batmap_pending:
+            # A set batmap bit vouches for a full bitmap (in a differencing
+            # disk it hides the parent): the bitmaps go to disk first.
             self._file.flush()
+            self._store_batmap_bits()
+        self._file.flush()
 
     def close(self) -> None:
         """Flush (if writable) and close this image and its parents."""
@@ -1070,7 +1111,7 @@ class VHD:
             return
         try:
             if self.mode == "r+":
-                self._file.flush()
+                self._sync()
         finally:
             self._closed = True
             self._file.close()

@@ -13,6 +13,7 @@ import datetime as dt
 import os
 
 from .constants import VHD_EPOCH
+from .xen import hidden_flag
 
 
 def _creator_version(value: int) -> str:
@@ -22,6 +23,28 @@ def _creator_version(value: int) -> str:
 def _timestamp(value: int) -> str:
     moment = dt.datetime.fromtimestamp(VHD_EPOCH + value, tz=dt.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _batmap(image):
+    """blktap's batmap (``None`` when the image has none): where, which
+    version, whether its checksum holds, and how many blocks it marks full."""
+    batmap = getattr(image, "batmap", None)
+    if batmap is None:
+        return None
+    blocks = image.block_count or 0
+    full = 0
+    if batmap.map:
+        import numpy as np
+
+        bits = np.unpackbits(np.frombuffer(batmap.map, dtype=np.uint8))[:blocks]
+        full = int(np.count_nonzero(bits))
+    return {
+        "offset": batmap.header_offset,
+        "version": _creator_version(batmap.batmap_version),
+        "valid": batmap.map_trusted,
+        "full_blocks": full,
+        "blocks": blocks,
+    }
 
 
 def describe(image, missing_parent: str | None = None) -> dict:
@@ -68,6 +91,8 @@ def describe(image, missing_parent: str | None = None) -> dict:
             "sectors_per_track": geometry.sectors,
         },
         "saved_state": bool(footer.saved_state),
+        "hidden": hidden_flag(footer, getattr(image, "footer_copy", None)),
+        "batmap": _batmap(image),
         "notes": list(image.notes),
         "parent_uuid": None,
         "parent_name": None,
@@ -121,6 +146,8 @@ def describe_raw(source) -> dict:
         "timestamp": None,
         "geometry": {"cylinders": None, "heads": None, "sectors_per_track": None},
         "saved_state": None,
+        "hidden": None,
+        "batmap": None,
         "notes": list(source.notes),
         "parent_uuid": None,
         "parent_name": None,

@@ -18,7 +18,7 @@ __all__ = ["snapshot"]
 
 
 def snapshot(parent, child, *, overwrite: bool = False, allow_parent_dirs=(),
-             allow_symlinks: bool = False, max_chain_depth=None) -> dict:
+             allow_symlinks: bool = False, max_chain_depth=None, xen: bool = False) -> dict:
     """Create ``child`` as an empty differencing image of ``parent``.
 
     Args:
@@ -29,6 +29,9 @@ def snapshot(parent, child, *, overwrite: bool = False, allow_parent_dirs=(),
             policy, as for :func:`vhdcore.open`; a parent outside the
             child's directory is refused unless its directory is allowed,
             so the child made can be opened with the same options.
+        xen: a child blktap takes for its own (creator ``tap``, its
+            batmap; the parent must have 2 MiB blocks), as
+            ``vhd-util snapshot`` makes; see :mod:`vhdcore.xen`.
 
     Returns:
         :func:`vhdcore.info.describe` of the new child.
@@ -41,5 +44,6 @@ def snapshot(parent, child, *, overwrite: bool = False, allow_parent_dirs=(),
     if os.path.exists(child) and os.path.samefile(parent, child):
         raise FileExistsError(17, "a snapshot cannot replace its own parent", os.fspath(child))
     with create(child, parent=parent, overwrite=overwrite, allow_parent_dirs=allow_parent_dirs,
-                allow_symlinks=allow_symlinks, max_chain_depth=max_chain_depth) as image:
+                allow_symlinks=allow_symlinks, max_chain_depth=max_chain_depth,
+                xen=xen) as image:
         return describe(image)

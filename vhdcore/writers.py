@@ -253,11 +253,13 @@ class FixedWriter(RawWriter):
         max_size: int = MAX_FIXED_SIZE,
         uuid=None,
         timestamp=None,
+        creator=None,
     ):
         super().__init__(out, granularity)
         self.max_size = max_size
         self.uuid = uuid
         self.timestamp = timestamp
+        self.creator = creator
 
     def data_end(self, virtual_size):
         return virtual_size + FOOTER_SIZE
@@ -270,6 +272,7 @@ class FixedWriter(RawWriter):
             uuid=self.uuid,
             timestamp=self.timestamp,
             max_fixed_size=self.max_size,
+            **_creator_fields(self.creator),
         )
         self.out.truncate(virtual_size)
         self.out.pwrite(virtual_size, footer.to_bytes())
@@ -285,9 +288,13 @@ class DynamicWriter(Writer):
         plan: for a stream, the sorted indices of the blocks to allocate
             (from :func:`plan_blocks`); ``None`` on a seekable file.
         uuid, timestamp: footer identity (random and now by default).
+        creator: ``(application, version, host OS)`` for the footer
+            (default: vhdcore's, see :mod:`vhdcore.footer`).
     """
 
     format = "dynamic"
+    #: What fills the BAT's last sector after the entries (qemu: 0xFF).
+    bat_padding = b"\xff"
 
     def __init__(
         self,
@@ -297,8 +304,10 @@ class DynamicWriter(Writer):
         *,
         uuid=None,
         timestamp=None,
+        creator=None,
     ):
         super().__init__(out)
+        self.creator = creator
         self.block_size = block_size
         self.unit = block_size
         self.bitmap = b"\xff" * batmod.bitmap_bytes_for(block_size)
@@ -335,7 +344,7 @@ class DynamicWriter(Writer):
                     f"{_round_up(virtual_size, MAX_TABLE_ENTRIES) // MAX_TABLE_ENTRIES} bytes"
                 )
         self.table_entries = self.capacity
-        self.data_start = _round_up(TABLE_OFFSET + batmod.bat_bytes(self.capacity), SECTOR_SIZE)
+        self.data_start = self._data_start()
         self.bat = array.array(UINT32_TYPECODE, [BAT_UNUSED]) * self.capacity
         self.next_free = self.data_start
         if self.plan is not None:
@@ -345,6 +354,10 @@ class DynamicWriter(Writer):
                 self._allocate(block)
             # The BAT and the headers lead the stream.
             self._write_metadata(virtual_size)
+
+    def _data_start(self) -> int:
+        """The first byte after the metadata (a subclass may add its own)."""
+        return _round_up(TABLE_OFFSET + batmod.bat_bytes(self.capacity), SECTOR_SIZE)
 
     def _allocate(self, block: int) -> int:
         position = self.next_free
@@ -417,13 +430,14 @@ class DynamicWriter(Writer):
             virtual_size,
             uuid=self.uuid,
             timestamp=self.timestamp,
+            **_creator_fields(self.creator),
         )
 
     def _write_metadata(self, virtual_size: int) -> None:
         entries = self.table_entries
         footer = self._footer(virtual_size)
         header = DynamicHeader.new(entries, self.block_size, table_offset=TABLE_OFFSET)
-        table = bytearray(b"\xff" * batmod.bat_bytes(entries))
+        table = bytearray(self.bat_padding * batmod.bat_bytes(entries))
         table[: entries * 4] = kernels.bat_encode(self.bat[:entries])
         self.out.pwrite(0, footer.to_bytes())
         self.out.pwrite(FOOTER_SIZE, header.to_bytes())
@@ -496,6 +510,14 @@ def plan_blocks(source, block_size: int, buffer, probe: int = 4096, progress=Non
     return allocated
 
 
+def _creator_fields(creator) -> dict:
+    """``Footer.new`` keywords for a ``(application, version, host OS)`` triple."""
+    if creator is None:
+        return {}
+    app, version, host = creator
+    return {"creator_app": app, "creator_version": version, "creator_os": host}
+
+
 def make_writer(
     kind: str,
     out,
@@ -505,13 +527,25 @@ def make_writer(
     max_fixed_size: int = MAX_FIXED_SIZE,
     uuid=None,
     timestamp=None,
+    xen: bool = False,
 ) -> Writer:
-    """The writer for output format ``kind`` (``raw``, ``fixed`` or ``dynamic``)."""
+    """The writer for output format ``kind`` (``raw``, ``fixed`` or ``dynamic``).
+
+    ``xen`` lays VHD output out as blktap does (:mod:`vhdcore.xen`).
+    """
     if kind == "raw":
         return RawWriter(out)
     if kind == "fixed":
-        return FixedWriter(out, max_size=max_fixed_size, uuid=uuid, timestamp=timestamp)
+        creator = None
+        if xen:
+            from .xen import TAP_CREATOR as creator
+        return FixedWriter(out, max_size=max_fixed_size, uuid=uuid, timestamp=timestamp,
+                           creator=creator)
     if kind == "dynamic":
+        if xen:
+            from .xen_writer import XenDynamicWriter
+
+            return XenDynamicWriter(out, block_size, plan, uuid=uuid, timestamp=timestamp)
         return DynamicWriter(out, block_size, plan, uuid=uuid, timestamp=timestamp)
     raise ValueError(f"unknown output format {kind!r}")
 

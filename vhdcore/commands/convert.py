@@ -36,7 +36,7 @@ def add_arguments(parser):
         dest="out_format",
         choices=("raw", "fixed", "dynamic", "vhd", "vpc"),
         help="output format; vhd and vpc (qemu's name) mean dynamic (default: dynamic when DST "
-             "ends in .vhd, else raw; fixed with --azure)",
+             "ends in .vhd, else raw; fixed with --azure, dynamic with --xen)",
     )
     parser.add_argument(
         "--block-size",
@@ -55,6 +55,14 @@ def add_arguments(parser):
         "--azure",
         action="store_true",
         help="a fixed VHD for Azure: size rounded up to a whole MiB, at most 32 TiB",
+    )
+    parser.add_argument(
+        "--xen",
+        action="store_true",
+        help=(
+            "a VHD for Xen / XCP-ng (blktap): creator tap, 2M blocks, blktap's batmap, so "
+            "vhd-util resize accepts it"
+        ),
     )
     parser.add_argument("--force", action="store_true", help="replace an existing DST")
     parser.add_argument(
@@ -92,6 +100,7 @@ def run(args) -> int:
             out_format=args.out_format,
             block_size=args.block_size,
             azure=args.azure,
+            xen=args.xen,
             force=args.force,
             digest=args.digest,
             progress=args.progress,

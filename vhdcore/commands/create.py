@@ -28,6 +28,9 @@ def add_arguments(parser):
                         help="block size of a dynamic image (default 2M)")
     parser.add_argument("--parent", help="make a differencing image on top of PARENT")
     parser.add_argument("--force", action="store_true", help="replace an existing file")
+    parser.add_argument("--xen", action="store_true",
+                        help="an image for Xen / XCP-ng (blktap): creator tap, 2M blocks, "
+                             "blktap's batmap, so vhd-util resize accepts it")
     add_json_flag(parser)
     add_chain_flags(parser)
 
@@ -39,7 +42,7 @@ def run(args) -> int:
         raise UsageError("SIZE is required without --parent")
     image = create(
         args.image, args.size, type=args.type, block_size=args.block_size,
-        parent=args.parent, overwrite=args.force, **chain_options(args),
+        parent=args.parent, overwrite=args.force, xen=args.xen, **chain_options(args),
     )
     with image:
         data = describe(image)

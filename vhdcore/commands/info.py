@@ -94,6 +94,14 @@ def run(args) -> int:
     lines.append(f"timestamp: {data['timestamp']}")
     g = data["geometry"]
     lines.append(f"geometry: {g['cylinders']}/{g['heads']}/{g['sectors_per_track']} (C/H/S)")
+    lines.append(f"hidden (blktap): {'yes' if data['hidden'] else 'no'}")
+    batmap = data["batmap"]
+    if batmap is not None:
+        lines.append(
+            f"batmap (blktap): version {batmap['version']} at {batmap['offset']:#x}, "
+            f"{batmap['full_blocks']} of {batmap['blocks']} blocks marked full"
+            + ("" if batmap["valid"] else "; its checksum does not hold (run check)")
+        )
     if len(data["chain"]) > 1:
         lines.append("parent chain:")
         for member in data["chain"][1:]:

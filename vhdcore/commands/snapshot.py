@@ -12,12 +12,15 @@ def add_arguments(parser):
     parser.add_argument("parent", help="the image to freeze; it must not change afterwards")
     parser.add_argument("child", help="the new differencing image")
     parser.add_argument("--force", action="store_true", help="replace an existing CHILD file")
+    parser.add_argument("--xen", action="store_true",
+                        help="a child for Xen / XCP-ng (blktap): creator tap and blktap's batmap")
     add_json_flag(parser)
     add_chain_flags(parser)
 
 
 def run(args) -> int:
-    data = snapshot(args.parent, args.child, overwrite=args.force, **chain_options(args))
+    data = snapshot(args.parent, args.child, overwrite=args.force, xen=args.xen,
+                    **chain_options(args))
     if args.json:
         emit_json(data)
     else:
