@@ -349,7 +349,13 @@ def _open_and_read(path, base, neutral, label):
 
 
 def _check_and_convert(path, outcome, data, label):
-    report = check.check(path)
+    try:
+        report = check.check(path)
+    except errors.NotVHDError:
+        # No sign of a VHD left (e.g. a fixed disk's only cookie mutated):
+        # "could not check", and open must have refused it too.
+        assert outcome == "refused", f"{label}: open read what check calls no VHD"
+        return
     json.dumps(report.to_dict())
     if report.clean and outcome == "refused":
         DISAGREE.append(label)
