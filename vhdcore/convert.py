@@ -6,12 +6,12 @@ virtual contents (:mod:`vhdcore.digest`) and a progress meter. What makes
 it fast is what it does not do: holes of a sparse raw file and unallocated
 blocks of a VHD chain are never read; every piece that is read goes
 through the zero-detection kernels, and all-zero stretches are not written
-(holes in raw and fixed output, unallocated blocks in dynamic output); one
-preallocated buffer serves the whole run. Dynamic output needs to know only
-whether a block holds data, so a data piece whose first 4 KiB (checked by
-the kernels) hold a non-zero byte is copied file to file with
-``copy_file_range`` instead of being read into the buffer and written out
-(plain files only, and not when hashing).
+(holes in raw and fixed output, unallocated blocks and holes inside the
+allocated ones in dynamic output); one preallocated buffer serves the
+whole run. Every data piece is read and checked: copying pieces file to
+file (``copy_file_range``) once saved a read, but stored each piece whole,
+zero stretches and all, and measured no faster once dynamic output stopped
+reserving space ahead of its writes.
 
 Safety. The output is built in a temporary file beside the destination
 (``.NAME.vhdcore-tmp-XXXXXXXX``, same directory, so the final rename
@@ -60,7 +60,7 @@ from .fileio import open_image_file
 from .progress import Progress
 from .rawimage import StreamWriter
 from .sizes import format_size
-from .sources import STDIO, Prefetch, Span, as_source
+from .sources import STDIO, Prefetch, as_source
 from .writers import make_writer, plan_blocks
 
 OUTPUT_FORMATS = ("raw", "fixed", "dynamic")
@@ -81,11 +81,6 @@ CHUNK = 4 << 20
 MAX_BUFFER = 8 << 20
 #: Buffers in the read-ahead ring (memory: up to 4 x 8 MiB).
 PREFETCH_BUFFERS = 4
-#: Bytes of a data piece read first when the writer can copy file to file:
-#: a non-zero byte among them settles "data", and the piece is copied with
-#: ``copy_file_range`` instead of read and written.
-PROBE = 4096
-
 TEMP_MARK = ".vhdcore-tmp-"
 #: A leftover temporary file younger than this is never removed, even when
 #: unlocked: its writer may be between creating and locking it.
@@ -484,20 +479,13 @@ def _run(source, out, job: _Job, result: ConversionResult) -> None:
     writer.begin(out_size)
     hasher = Hasher() if job.digest else None
     read = unread = 0
-    data, copy, update = writer.data, writer.copy, job.meter.update
-    # Dynamic output only needs to know whether a block holds data: a probe
-    # of its first bytes settles most, and those are copied file to file
-    # (one copy in the kernel instead of a read and a write).
-    probe = PROBE if writer.can_copy and hasher is None else 0
+    data, update = writer.data, job.meter.update
     # The reader thread reads ahead (and hashes); this one checks for zeros
     # and writes, so reads, hashing and writes overlap.
-    with Prefetch(source, unit, buffer_size, PREFETCH_BUFFERS, hasher, probe) as pieces:
+    with Prefetch(source, unit, buffer_size, PREFETCH_BUFFERS, hasher) as pieces:
         for offset, length, view in pieces:
             if view is None:  # known zeros: holes on files, padding on streams
                 unread += length
-            elif type(view) is Span:
-                read += length
-                copy(offset, length, view.fd, view.offset)
             else:
                 read += length
                 data(offset, view)

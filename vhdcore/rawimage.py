@@ -153,7 +153,7 @@ def fd_of(file) -> Optional[int]:
     """The descriptor behind a plain :class:`vhdcore.fileio.ImageFile`, else ``None``.
 
     Fast paths that bypass the file object's methods (write-behind hints,
-    ``copy_file_range``) are taken only for the plain class, so a
+    ``fallocate``) are taken only for the plain class, so a
     fault-injection wrapper installed as ``fileio.FILE_FACTORY`` sees every
     operation through its own methods.
     """
@@ -179,28 +179,27 @@ def _libc_function(name, argtypes):
 
 
 class Preallocator:
-    """Reserve disk space for writes just before they happen (``fallocate``).
+    """Reserve disk space for a write just before it happens (``fallocate``).
 
     On ext4 and XFS, buffered writes into space that is already allocated
-    skip the delayed-allocation bookkeeping done per page, which measured
-    about 25% faster for a conversion writing 1 GiB. Reserved space reads
-    as zeros, exactly like a hole, so reserving never changes what the
-    output contains. ``keep_size`` reserves without growing the file (for
-    raw output, created at its final length); otherwise the file grows
-    and the writer trims it at the end. Failures are ignored: the write
+    skip the delayed-allocation bookkeeping done per page. Only the range
+    about to be written is ever reserved: ``fallocate`` rounds it out to
+    the file-system blocks the write itself dirties, so the output never
+    occupies more than its data (reserving ahead, in large steps, filled
+    the holes of sparse dynamic output: issue 10). Reserved space reads as
+    zeros, exactly like a hole, so reserving never changes what the output
+    contains. ``keep_size`` reserves without growing the file (for raw
+    output, created at its final length). Failures are ignored: the write
     that follows reports a real problem such as ``ENOSPC``.
     """
 
     _FALLOC_FL_KEEP_SIZE = 1
     _call = None
     _looked = False
-    #: Bytes reserved at a time by :meth:`ahead`.
-    STEP = 64 << 20
 
     def __init__(self, file, keep_size: bool):
         self.fd = fd_of(file)
         self.mode = self._FALLOC_FL_KEEP_SIZE if keep_size else 0
-        self.reserved_to = 0
         if not Preallocator._looked:
             Preallocator._looked = True
             Preallocator._call = _libc_function(
@@ -210,7 +209,7 @@ class Preallocator:
             self.fd = None
 
     def reserve(self, offset: int, length: int) -> None:
-        """Reserve ``[offset, offset + length)``."""
+        """Reserve ``[offset, offset + length)``, the range the next write covers."""
         if self.fd is None or length <= 0:
             return
         if Preallocator._call(self.fd, self.mode, offset, length) != 0:
@@ -218,14 +217,6 @@ class Preallocator:
 
             if ctypes.get_errno() in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 self.fd = None  # not on this file system: stop asking
-
-    def ahead(self, end: int) -> None:
-        """Make sure everything below ``end`` is reserved, a step at a time."""
-        if self.fd is None or end <= self.reserved_to:
-            return
-        start = self.reserved_to
-        self.reserved_to = max(end, start + self.STEP)
-        self.reserve(start, self.reserved_to - start)
 
 
 class WriteBehind:
