@@ -101,10 +101,16 @@ class ConversionResult:
             up to a sector for VHD, to a MiB for ``azure``).
         bytes_read: bytes read from the source (data runs only).
         bytes_unread: zero runs skipped without reading (holes, unallocated).
-        bytes_written: disk bytes stored as data in the output.
+        bytes_written: disk bytes stored as data in the output: the
+            non-zero stretches written (zero stretches of 4 KiB or more,
+            disk-aligned, are left out, inside dynamic blocks too).
         bytes_zero: virtual bytes of the output not stored as data
             (``virtual_size - bytes_written``).
         output_size: length of the output file or stream.
+        disk_usage: what the output file occupies on its file system
+            (``st_blocks * 512``, what ``du`` shows): the data written plus
+            the metadata, rounded to the file system's blocks; ``None`` for
+            stdout.
         blocks_allocated, block_size: dynamic output only.
         digest: SHA-256 of the output's virtual contents, when asked.
         source_digest: SHA-256 of the source's; differs from ``digest`` only
@@ -125,6 +131,7 @@ class ConversionResult:
     bytes_written: int = 0
     bytes_zero: int = 0
     output_size: int = 0
+    disk_usage: Optional[int] = None
     blocks_allocated: Optional[int] = None
     block_size: Optional[int] = None
     digest: Optional[str] = None
@@ -424,6 +431,7 @@ def convert(
                 _run(source, out, job, result)
                 if fsync:
                     out.flush()
+                result.disk_usage = os.fstat(out.fd).st_blocks * 512
                 out.close()
                 _place(tmp, dst, force, durable=fsync)
             except BaseException:

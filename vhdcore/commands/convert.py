@@ -120,6 +120,9 @@ def run(args) -> int:
         if result.blocks_allocated is not None
         else ""
     )
+    on_disk = (
+        f" ({format_size(result.disk_usage)} on disk)" if result.disk_usage is not None else ""
+    )
     lines = [
         f"converted {result.source} ({source}) -> {result.destination} ({out})",
         f"  virtual size {format_size(result.virtual_size)} ({result.virtual_size} bytes)",
@@ -128,7 +131,7 @@ def run(args) -> int:
             f"{format_size(result.bytes_unread)} known to be zero without reading"
         ),
         (
-            f"  wrote {format_size(result.bytes_written)} of data; "
+            f"  wrote {format_size(result.bytes_written)} of data{on_disk}; "
             f"{format_size(result.bytes_zero)} left as zeros{allocated}"
         ),
         f"  {result.seconds:.2f} s, {format_size(int(result.throughput))}/s",
