@@ -24,6 +24,7 @@ descriptors (neither reads nor writes data).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 from typing import Iterator, Optional, Tuple
@@ -110,7 +111,10 @@ class StreamWriter:
     """Sequential writes to a pipe (``fd`` 1 for stdout).
 
     Offsets are accepted so writers can share code with the file case, but
-    they must never go backwards; a gap is filled with zeros.
+    they must never go backwards; a gap is filled with zeros. When stdout
+    is a regular file (``> disk.vhd``) a gap past the file's end is skipped
+    with ``lseek`` instead, so it stays a hole as in a file written directly;
+    a gap over existing bytes (``1<> disk.vhd``) still gets its zeros.
     """
 
     is_stream = True
@@ -119,6 +123,16 @@ class StreamWriter:
         self.fd = fd
         self.path = name
         self.position = 0
+        # Where the stream started in a regular file (None: a pipe, or
+        # O_APPEND, where every write lands at the end whatever the offset).
+        self.base = None
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode) and not (
+                fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND
+            ):
+                self.base = os.lseek(fd, 0, os.SEEK_CUR)
+        except OSError:
+            self.base = None
 
     def _write_all(self, view) -> None:
         view = memoryview(view).cast("B")
@@ -131,6 +145,14 @@ class StreamWriter:
         """Write zeros up to ``offset``."""
         if offset < self.position:
             raise ValueError(f"stream offset {offset} is behind position {self.position}")
+        if (
+            self.base is not None
+            and offset > self.position
+            and self.base + self.position >= os.fstat(self.fd).st_size
+        ):
+            os.lseek(self.fd, self.base + offset, os.SEEK_SET)
+            self.position = offset
+            return
         while self.position < offset:
             self._write_all(ZEROS_VIEW[: min(len(ZEROS_VIEW), offset - self.position)])
 
@@ -141,6 +163,8 @@ class StreamWriter:
     def truncate(self, size: int) -> None:
         """Extend the stream to ``size`` bytes with zeros (it cannot shrink)."""
         self.pad_to(size)
+        if self.base is not None and os.fstat(self.fd).st_size < self.base + size:
+            os.ftruncate(self.fd, self.base + size)  # a skipped gap at the very end
 
     def flush(self) -> None:
         """Nothing to make durable: the reader owns the data now."""
