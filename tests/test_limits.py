@@ -100,7 +100,7 @@ def _measure(script: str, tmp_path) -> dict:
 
 
 def test_max_table_entries_all_ones_fails_before_allocating(tmp_path):
-    path = _small_dynamic(tmp_path / "t.vhd", size=8 * KiB, block_size=512)
+    path = _small_dynamic(tmp_path / "t.vhd", size=8 * KiB, block_size=4 * KiB)
     _rewrite(path, header={"max_table_entries": 0xFFFFFFFF})
     assert path.stat().st_size < 16 * KiB
     tracemalloc.start()

@@ -48,12 +48,11 @@ from typing import List, Optional
 
 from .constants import (
     DEFAULT_BLOCK_SIZE,
-    MAX_BLOCK_SIZE,
     MAX_DYNAMIC_SIZE,
     MAX_FIXED_SIZE,
-    MIN_BLOCK_SIZE,
     SECTOR_SIZE,
 )
+from .blocksize import check_new_block_size
 from .digest import Hasher
 from .errors import ConversionError, LimitError, LockedError, UnsupportedError
 from .fileio import open_image_file
@@ -178,14 +177,6 @@ def output_format_for(dst, out_format: Optional[str], azure: bool) -> str:
     if dst != STDIO and os.fspath(dst).lower().endswith(".vhd"):
         return "dynamic"
     return "raw"
-
-
-def _check_block_size(block_size: int) -> None:
-    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
-        raise LimitError(
-            f"block size {block_size} must be a power of two from {MIN_BLOCK_SIZE} "
-            f"to {format_size(MAX_BLOCK_SIZE)}"
-        )
 
 
 def _output_size(source_size: int, out_format: str, azure: bool, notes: List[str]) -> int:
@@ -344,7 +335,9 @@ def convert(
         out_format: ``"raw"``, ``"fixed"`` or ``"dynamic"``; by default
             ``fixed`` for ``azure``, ``dynamic`` when ``dst`` ends in
             ``.vhd``, else ``raw``.
-        block_size: dynamic output block size (default 2 MiB).
+        block_size: dynamic output block size (default 2 MiB): a power of
+            two from 4 KiB (qemu misreads smaller blocks) to 256 MiB; sizes
+            other than 512 KiB and 2 MiB get a note.
         azure: a fixed VHD Azure accepts: size rounded up to a whole MiB
             (noted), at most 32 TiB.
         force: replace an existing ``dst``.
@@ -374,7 +367,9 @@ def convert(
     notes: List[str] = []
     if fmt == "dynamic":
         block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
-        _check_block_size(block_size)
+        note = check_new_block_size(block_size)
+        if note is not None:
+            notes.append(note)
     elif block_size is not None:
         notes.append(f"--block-size applies to dynamic output only; ignored for {fmt}")
         block_size = None

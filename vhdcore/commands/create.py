@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..constants import DEFAULT_BLOCK_SIZE
+import sys
+
+from ..blocksize import check_new_block_size
 from ..create import create
 from ..info import describe
 from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, size_argument
@@ -16,8 +18,10 @@ def add_arguments(parser):
                         help="virtual size, e.g. 512M or 10G (optional with --parent)")
     parser.add_argument("--type", choices=("dynamic", "fixed"), default=None,
                         help="image type (default dynamic; differencing with --parent)")
-    parser.add_argument("--block-size", type=size_argument, default=DEFAULT_BLOCK_SIZE,
-                        help="block size of a dynamic image (default 2M)")
+    parser.add_argument("--block-size", type=size_argument, default=None,
+                        help="block size of a dynamic or differencing image: 4K to 256M "
+                             "(default 2M, or the parent's; qemu misreads blocks below 4K, "
+                             "sizes other than 512K and 2M get a warning); not with --type fixed")
     parser.add_argument("--parent", help="make a differencing image on top of PARENT")
     parser.add_argument("--force", action="store_true", help="replace an existing file")
     add_json_flag(parser)
@@ -29,12 +33,19 @@ def run(args) -> int:
         raise SystemExit("vhdcore create: --parent makes a differencing image; drop --type fixed")
     if args.size is None and not args.parent:
         raise SystemExit("vhdcore create: SIZE is required without --parent")
+    if args.type == "fixed" and args.block_size is not None:
+        raise SystemExit("vhdcore create: a fixed image has no blocks; drop --block-size "
+                         "or use --type dynamic")
     image = create(
         args.image, args.size, type=args.type, block_size=args.block_size,
         parent=args.parent, overwrite=args.force, **chain_options(args),
     )
     with image:
         data = describe(image)
+        # An unusual block size is a warning on stderr (seen even with --json).
+        unusual = check_new_block_size(image.block_size) if image.block_size else None
+    if unusual is not None:
+        print(f"vhdcore create: warning: {unusual}", file=sys.stderr)
     if args.json:
         emit_json(data)
     else:
@@ -43,5 +54,6 @@ def run(args) -> int:
               + (f", block size {data['block_size']}" if data["block_size"] else "")
               + (f", parent {args.parent}" if args.parent else ""))
         for note in data["notes"]:
-            print(f"note: {note}")
+            if note != unusual:
+                print(f"note: {note}")
     return 0
