@@ -34,8 +34,10 @@ def run(args) -> int:
     if args.size is None and not args.parent:
         raise SystemExit("vhdcore create: SIZE is required without --parent")
     if args.type == "fixed" and args.block_size is not None:
-        raise SystemExit("vhdcore create: a fixed image has no blocks; drop --block-size "
-                         "or use --type dynamic")
+        # Contradictory flags: a usage error, with argparse's exit status.
+        print("vhdcore create: error: a fixed image has no blocks; drop --block-size "
+              "or use --type dynamic", file=sys.stderr)
+        return 2
     image = create(
         args.image, args.size, type=args.type, block_size=args.block_size,
         parent=args.parent, overwrite=args.force, **chain_options(args),
