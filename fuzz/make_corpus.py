@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import uuid as uuidlib
+from pathlib import Path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -37,7 +38,18 @@ def _valid(directory):
     with vhdcore.create(p, 8192, type="fixed", uuid=uuidlib.UUID(int=1), **ids) as image:
         image.write(100, b"fixed data" * 10)
     out["fixed"] = p
-    for name, size, block in (("dyn512", 16 * 1024, 512), ("dyn4k", 64 * 1024, 4096)):
+    # 512-byte blocks, which readers must handle but ``create`` refuses
+    # (qemu misreads them), are laid out by hand.
+    from vhdcore.samples import build_dynamic
+
+    p = os.path.join(directory, "dyn512.vhd")
+    build_dynamic(
+        p, name="dyn512", size=16 * 1024, block_size=512, uuid=uuidlib.UUID(int=2),
+        blocks={0: [(0, b"A" * 512)], 1: [(0, b"A" * 188)], 16: [(0, b"B" * 512)],
+                31: [(0, b"C" * 512)]},
+    )
+    out["dyn512"] = p
+    for name, size, block in (("dyn4k", 64 * 1024, 4096),):
         p = os.path.join(directory, f"{name}.vhd")
         with vhdcore.create(p, size, block_size=block, uuid=uuidlib.UUID(int=2), **ids) as image:
             image.write(0, b"A" * 700)
@@ -50,8 +62,10 @@ def _valid(directory):
         image.write(40000, b"Z" * 512)
     out["child"] = p
     p = os.path.join(directory, "child512.vhd")
-    with vhdcore.create(p, parent=base, block_size=512, uuid=uuidlib.UUID(int=4), **ids) as image:
-        image.write(5000, b"c" * 3000)
+    build_dynamic(
+        p, name="child512", size=fuzz_vhd.BASE_SIZE, block_size=512, uuid=uuidlib.UUID(int=4),
+        parent=Path(base), blocks={block: [(0, b"c" * 512)] for block in range(10, 16)},
+    )
     out["child512"] = p
     return out
 

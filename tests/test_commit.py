@@ -43,7 +43,10 @@ def make_pair(tmp_path, rng, *, parent_type="dynamic", size=6 * MiB, parent_bloc
     parent = tmp_path / "parent.vhd"
     child = tmp_path / "child.vhd"
     model = bytearray(size)
-    with vhdcore.create(parent, size, type=parent_type, block_size=parent_block) as image:
+    fixed = parent_type == "fixed"  # a fixed image takes no block size
+    with vhdcore.create(
+        parent, size, type=parent_type, block_size=None if fixed else parent_block
+    ) as image:
         random_writes(image, model, rng, parent_writes)
     parent_model = bytes(model)
     options = {} if child_block is None else {"block_size": child_block}

@@ -100,7 +100,7 @@ def _measure(script: str, tmp_path) -> dict:
 
 
 def test_max_table_entries_all_ones_fails_before_allocating(tmp_path):
-    path = _small_dynamic(tmp_path / "t.vhd", size=8 * KiB, block_size=512)
+    path = _small_dynamic(tmp_path / "t.vhd", size=8 * KiB, block_size=4 * KiB)
     _rewrite(path, header={"max_table_entries": 0xFFFFFFFF})
     assert path.stat().st_size < 16 * KiB
     tracemalloc.start()
@@ -170,7 +170,7 @@ def test_2040g_dynamic_in_a_tiny_file_opens_with_bounded_memory_and_time(tmp_pat
 
 def test_2040g_declared_everything_refused_fast_in_a_10k_file(tmp_path):
     """Every size field at its largest in a 10 KiB file: refused, bounded RSS."""
-    path = _small_dynamic(tmp_path / "t.vhd", size=8 * KiB, block_size=512)
+    path = _small_dynamic(tmp_path / "t.vhd", size=8 * KiB)  # create refuses 512 B blocks
     _rewrite(path, footer={"current_size": MAX_DYNAMIC},
              header={"max_table_entries": 0xFFFFFFFF, "block_size": 512})
     got = _measure(f"vhdcore.open({str(path)!r})\noutcome = 'opened'", tmp_path)
@@ -185,13 +185,14 @@ def test_2040g_declared_everything_refused_fast_in_a_10k_file(tmp_path):
 def test_bat_of_a_large_file_is_not_multiplied(tmp_path):
     """A 4 MiB file whose table claims every entry: memory stays ~ the table's size."""
     size = MAX_DYNAMIC // 4  # 510 GiB in 512-byte blocks: far past MAX_BAT_BYTES
-    path = _small_dynamic(tmp_path / "t.vhd", size=8 * KiB, block_size=512)
+    path = _small_dynamic(tmp_path / "t.vhd", size=8 * KiB)  # create refuses 512 B blocks
     with open(path, "r+b") as f:  # make room for a 4 MiB table
         raw = bytearray(f.read())
         grown = raw[:-512] + bytes(4 * MiB) + raw[-512:]
         f.seek(0)
         f.write(grown)
-    _rewrite(path, footer={"current_size": size}, header={"max_table_entries": (4 * MiB) // 4})
+    _rewrite(path, footer={"current_size": size},
+             header={"max_table_entries": (4 * MiB) // 4, "block_size": 512})
     got = _measure(f"vhdcore.open({str(path)!r})\noutcome = 'opened'", tmp_path)
     assert got["outcome"].startswith("refused"), got
     assert got["rss"] < RSS_BUDGET, got

@@ -51,7 +51,10 @@ def footers_agree(path):
 def test_random_resizes_against_model(tmp_path, rng, peers, kind, block_size):
     path = tmp_path / "disk.vhd"
     model = bytearray(3 * MiB)
-    with vhdcore.create(path, len(model), type=kind, block_size=block_size or 2 * MiB) as image:
+    with vhdcore.create(
+        path, len(model), type=kind,
+        block_size=None if kind == "fixed" else block_size or 2 * MiB,
+    ) as image:
         random_writes(image, model, rng, 10)
     for step in range(8):
         new_size = int(rng.integers(1, 24)) * 256 * 1024 + int(rng.integers(0, 4)) * 512
@@ -209,7 +212,9 @@ def test_crash_at_every_write(tmp_path, rng, crasher, kind, block_size, start, t
     elif kind == "empty":
         vhdcore.create(path, start, block_size=block_size).close()
     else:
-        with vhdcore.create(path, start, type=kind, block_size=block_size or MiB) as image:
+        with vhdcore.create(
+            path, start, type=kind, block_size=None if kind == "fixed" else block_size or MiB
+        ) as image:
             random_writes(image, model, rng, 10)
     pristine = path.read_bytes()
     kept = min(start, target)

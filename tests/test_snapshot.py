@@ -19,7 +19,9 @@ MiB = 1024 * 1024
 def test_snapshot_reads_as_parent_and_isolates_writes(tmp_path, rng, peers, kind):
     parent = tmp_path / "base.vhd"
     data = rng.integers(0, 256, 3 * MiB, dtype=np.uint8).tobytes()
-    with vhdcore.create(parent, 3 * MiB, type=kind, block_size=MiB) as image:
+    with vhdcore.create(
+        parent, 3 * MiB, type=kind, block_size=None if kind == "fixed" else MiB
+    ) as image:
         image.write(0, data)
     before = parent.read_bytes()
     info = snapshot(parent, tmp_path / "snap.vhd")

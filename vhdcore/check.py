@@ -45,6 +45,7 @@ from . import bat as batmod
 from . import probe
 from ._backend import kernels
 from .batmap import expects_batmap, find_batmap
+from .blocksize import MIN_PORTABLE_BLOCK_SIZE
 from .chain import MAX_LOCATOR_BYTES, ParentPolicy, file_identity, screen_candidates
 from .constants import (
     BAT_UNUSED,
@@ -163,7 +164,8 @@ PROBLEM_CODES: Dict[str, str] = {
     "header.table_size": "error: the BAT runs past the footer (checking stops)",
     "header.block_size": "error: block size not a power of two from 512 B to 256 MiB "
                          "(checking stops)",
-    "header.block_size_compat": "warning: blocks above 2 MiB (vhd-util and Hyper-V refuse)",
+    "header.block_size_compat": "warning: blocks above 2 MiB (vhd-util and Hyper-V refuse) "
+                                "or below 4 KiB (qemu reads the bitmap sector as data)",
     "header.max_table_entries": "error: fewer BAT entries than the virtual size needs",
     "header.reserved": "warning: reserved header fields not zero",
     "header.parent_fields": "warning: parent UUID/name/locators set on a non-differencing disk",
@@ -963,6 +965,14 @@ class _Checker:
                 "header.block_size_compat",
                 f"dynamic header block size at {header_offset + 32:#x} is {block_size}; "
                 f"vhd-util and Hyper-V read only blocks of at most 2 MiB",
+                "warning", header_offset + 32, UnsupportedError,
+            )
+        if block_ok and block_size < MIN_PORTABLE_BLOCK_SIZE:
+            self.add(
+                "header.block_size_compat",
+                f"dynamic header block size at {header_offset + 32:#x} is {block_size}; "
+                f"qemu sizes the sector bitmap as block_size / 4096 bytes (0 here) and reads "
+                f"the bitmap sector as data, so it sees other contents than vhdcore",
                 "warning", header_offset + 32, UnsupportedError,
             )
         if block_ok and not table_ok:

@@ -47,6 +47,7 @@ from .errors import UnsupportedError
 from .extent import ZERO
 from .fileio import open_image_file
 from .image import open as open_image
+from .sparse import write_sparse
 
 __all__ = ["compact", "CompactResult"]
 
@@ -249,7 +250,8 @@ def _write_compacted(image, keep, output, overwrite) -> int:
                 while done < span:
                     chunk = min(len(view), span - done)
                     image._file.preadinto(source + done, view[:chunk], "block data")
-                    out.pwrite(target + done, view[:chunk])
+                    # A new file: its zero stretches stay holes.
+                    write_sparse(out, target + done, view[:chunk], 0)
                     done += chunk
             out.pwrite(position, image.footer.to_bytes())
             out.flush()

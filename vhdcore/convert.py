@@ -6,12 +6,12 @@ virtual contents (:mod:`vhdcore.digest`) and a progress meter. What makes
 it fast is what it does not do: holes of a sparse raw file and unallocated
 blocks of a VHD chain are never read; every piece that is read goes
 through the zero-detection kernels, and all-zero stretches are not written
-(holes in raw and fixed output, unallocated blocks in dynamic output); one
-preallocated buffer serves the whole run. Dynamic output needs to know only
-whether a block holds data, so a data piece whose first 4 KiB (checked by
-the kernels) hold a non-zero byte is copied file to file with
-``copy_file_range`` instead of being read into the buffer and written out
-(plain files only, and not when hashing).
+(holes in raw and fixed output, unallocated blocks and holes inside the
+allocated ones in dynamic output); one preallocated buffer serves the
+whole run. Every data piece is read and checked: copying pieces file to
+file (``copy_file_range``) once saved a read, but stored each piece whole,
+zero stretches and all, and measured no faster once dynamic output stopped
+reserving space ahead of its writes.
 
 Safety. The output is built in a temporary file beside the destination
 (``.NAME.vhdcore-tmp-XXXXXXXX``, same directory, so the final rename
@@ -48,15 +48,13 @@ from typing import List, Optional
 
 from .constants import (
     DEFAULT_BLOCK_SIZE,
-    MAX_BLOCK_SIZE,
     MAX_DYNAMIC_SIZE,
     MAX_FIXED_SIZE,
-    MIN_BLOCK_SIZE,
     SECTOR_SIZE,
 )
+from .blocksize import check_new_block_size
 from .digest import Hasher
 from .errors import (
-    ArgumentLimitError,
     ConversionError,
     LimitError,
     LockedError,
@@ -67,7 +65,7 @@ from .fileio import open_image_file
 from .progress import Progress
 from .rawimage import StreamWriter
 from .sizes import format_size
-from .sources import STDIO, Prefetch, Span, as_source
+from .sources import STDIO, Prefetch, as_source
 from .writers import make_writer, plan_blocks
 
 OUTPUT_FORMATS = ("raw", "fixed", "dynamic")
@@ -88,11 +86,6 @@ CHUNK = 4 << 20
 MAX_BUFFER = 8 << 20
 #: Buffers in the read-ahead ring (memory: up to 4 x 8 MiB).
 PREFETCH_BUFFERS = 4
-#: Bytes of a data piece read first when the writer can copy file to file:
-#: a non-zero byte among them settles "data", and the piece is copied with
-#: ``copy_file_range`` instead of read and written.
-PROBE = 4096
-
 TEMP_MARK = ".vhdcore-tmp-"
 #: A leftover temporary file younger than this is never removed, even when
 #: unlocked: its writer may be between creating and locking it.
@@ -113,15 +106,16 @@ class ConversionResult:
             up to a sector for VHD, to a MiB for ``azure``).
         bytes_read: bytes read from the source (data runs only).
         bytes_unread: zero runs skipped without reading (holes, unallocated).
-        bytes_written: bytes of the virtual disk written as data: aligned
-            4 KiB units that hold a non-zero byte. The same figure for every
-            source kind (file, VHD of any type, stream) and output format,
-            except that runs copied file to file unread (dynamic output
-            from a file, no digest) count as copied: up to 4 KiB more per
-            run. What the output occupies on disk is not this figure.
+        bytes_written: disk bytes stored as data in the output: the
+            non-zero stretches written (zero stretches of 4 KiB or more,
+            disk-aligned, are left out, inside dynamic blocks too).
         bytes_zero: virtual bytes of the output not stored as data
             (``virtual_size - bytes_written``).
         output_size: length of the output file or stream.
+        disk_usage: what the output file occupies on its file system
+            (``st_blocks * 512``, what ``du`` shows): the data written plus
+            the metadata, rounded to the file system's blocks; ``None`` for
+            stdout.
         blocks_allocated, block_size: dynamic output only.
         digest: SHA-256 of the output's virtual contents, when asked.
         source_digest: SHA-256 of the source's; differs from ``digest`` only
@@ -142,6 +136,7 @@ class ConversionResult:
     bytes_written: int = 0
     bytes_zero: int = 0
     output_size: int = 0
+    disk_usage: Optional[int] = None
     blocks_allocated: Optional[int] = None
     block_size: Optional[int] = None
     digest: Optional[str] = None
@@ -198,14 +193,6 @@ def output_format_for(dst, out_format: Optional[str], azure: bool, xen: bool = F
     if dst != STDIO and os.fspath(dst).lower().endswith(".vhd"):
         return "dynamic"
     return "raw"
-
-
-def _check_block_size(block_size: int) -> None:
-    if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE or block_size & (block_size - 1):
-        raise ArgumentLimitError(
-            f"block size {block_size} must be a power of two from {MIN_BLOCK_SIZE} "
-            f"to {format_size(MAX_BLOCK_SIZE)}"
-        )
 
 
 def _output_size(source_size: int, out_format: str, azure: bool, notes: List[str],
@@ -381,7 +368,9 @@ def convert(
         out_format: ``"raw"``, ``"fixed"`` or ``"dynamic"``; by default
             ``fixed`` for ``azure``, ``dynamic`` when ``dst`` ends in
             ``.vhd``, else ``raw``.
-        block_size: dynamic output block size (default 2 MiB).
+        block_size: dynamic output block size (default 2 MiB): a power of
+            two from 4 KiB (qemu misreads smaller blocks) to 256 MiB; sizes
+            other than 512 KiB and 2 MiB get a note.
         azure: a fixed VHD Azure accepts: size rounded up to a whole MiB
             (noted), at most 32 TiB.
         xen: a VHD that Xen / XCP-ng's blktap takes for its own (so
@@ -419,11 +408,13 @@ def convert(
     notes: List[str] = []
     if fmt == "dynamic":
         block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
-        _check_block_size(block_size)
         if xen:
             from .xen import check_block_size
 
             check_block_size(block_size, os.fspath(dst))
+        note = check_new_block_size(block_size)
+        if note is not None:
+            notes.append(note)
     elif block_size is not None:
         notes.append(f"--block-size applies to dynamic output only; ignored for {fmt}")
         block_size = None
@@ -482,6 +473,7 @@ def convert(
                 _run(source, out, job, result)
                 if fsync:
                     out.flush()
+                result.disk_usage = os.fstat(out.fd).st_blocks * 512
                 out.close()
                 _place(tmp, dst, force, durable=fsync)
             except BaseException:
@@ -539,20 +531,13 @@ def _run(source, out, job: _Job, result: ConversionResult) -> None:
     writer.begin(out_size)
     hasher = Hasher() if job.digest else None
     read = unread = 0
-    data, copy, update = writer.data, writer.copy, job.meter.update
-    # Dynamic output only needs to know whether a block holds data: a probe
-    # of its first bytes settles most, and those are copied file to file
-    # (one copy in the kernel instead of a read and a write).
-    probe = PROBE if writer.can_copy and hasher is None else 0
+    data, update = writer.data, job.meter.update
     # The reader thread reads ahead (and hashes); this one checks for zeros
     # and writes, so reads, hashing and writes overlap.
-    with Prefetch(source, unit, buffer_size, PREFETCH_BUFFERS, hasher, probe) as pieces:
+    with Prefetch(source, unit, buffer_size, PREFETCH_BUFFERS, hasher) as pieces:
         for offset, length, view in pieces:
             if view is None:  # known zeros: holes on files, padding on streams
                 unread += length
-            elif type(view) is Span:
-                read += length
-                copy(offset, length, view.fd, view.offset)
             else:
                 read += length
                 data(offset, view)

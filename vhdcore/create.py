@@ -22,16 +22,15 @@ from typing import Optional
 
 from . import bat as batmod
 from . import chain
+from .blocksize import check_new_block_size
 from .constants import (
     BAT_UNUSED,
     DEFAULT_BLOCK_SIZE,
     DISK_DIFFERENCING,
     DISK_DYNAMIC,
     DISK_FIXED,
-    MAX_BLOCK_SIZE,
     MAX_DYNAMIC_SIZE,
     MAX_FIXED_SIZE,
-    MIN_BLOCK_SIZE,
     PLATFORM_W2KU,
     PLATFORM_W2RU,
     SECTOR_SIZE,
@@ -50,18 +49,6 @@ OVERWRITE_ADVICE = "file exists (pass overwrite=True, or --force on the command 
 
 def _round_up(value: int, unit: int) -> int:
     return (value + unit - 1) // unit * unit
-
-
-def _check_block_size(block_size: int) -> None:
-    if (
-        block_size < MIN_BLOCK_SIZE
-        or block_size > MAX_BLOCK_SIZE
-        or block_size & (block_size - 1)
-    ):
-        raise ArgumentLimitError(
-            f"block size {block_size} must be a power of two from {MIN_BLOCK_SIZE} "
-            f"to {MAX_BLOCK_SIZE} bytes"
-        )
 
 
 def parent_locators(child_path, parent_path):
@@ -136,7 +123,7 @@ def create(
     size: Optional[int] = None,
     *,
     type: Optional[str] = None,  # noqa: A002 - the documented keyword
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size: Optional[int] = None,
     parent=None,
     overwrite: bool = False,
     uuid: Optional[uuidlib.UUID] = None,
@@ -158,8 +145,11 @@ def create(
             A parent with ``"fixed"`` or ``"dynamic"`` is refused rather
             than silently making a differencing image.
         block_size: bytes per block of a dynamic or differencing disk: a
-            power of two; 2 MiB by default (a differencing disk defaults to
-            its parent's block size).
+            power of two from 4 KiB (qemu misreads smaller blocks) to 256
+            MiB; 2 MiB by default (a differencing disk defaults to its
+            parent's block size). A size other than 512 KiB or 2 MiB, the
+            sizes other tools write, gets a note. A fixed disk has no
+            blocks: passing one is refused.
         parent: path of the parent image (or an open ``VHD``) for a
             differencing disk.
         overwrite: replace an existing file instead of refusing.
@@ -183,7 +173,8 @@ def create(
     Raises:
         LimitError: the size or block size is out of range (with ``xen``,
             any block size but 2 MiB, the parent's included).
-        VHDError: the parent cannot be used.
+        VHDError: the parent cannot be used, or the arguments contradict
+            each other (a parent or a block size with ``type="fixed"``).
         UnsafeParentError: a member of the parent's chain lies where the
             chain policy would refuse it when the child is opened.
         FileExistsError: ``path`` exists and ``overwrite`` is false.
@@ -199,6 +190,11 @@ def create(
     if type not in TYPES:
         raise VHDError(f"unknown image type {type!r}: use fixed, dynamic or differencing")
     disk_type = TYPES[type]
+    if disk_type == DISK_FIXED and block_size is not None:
+        raise VHDError(
+            f"{path}: a fixed image has no blocks; a block size applies to dynamic and "
+            f"differencing images only"
+        )
     chain_options = {
         "allow_parent_dirs": tuple(allow_parent_dirs or ()),
         "allow_symlinks": allow_symlinks,
@@ -224,7 +220,7 @@ def create(
                     f"{path}: size {size} differs from the parent's virtual size "
                     f"{parent_image.virtual_size}"
                 )
-            if block_size == DEFAULT_BLOCK_SIZE and parent_image.block_size:
+            if block_size is None and parent_image.block_size:
                 block_size = parent_image.block_size
         if size is None:
             raise VHDError(f"{path}: a size is needed for a {type} image")
@@ -252,7 +248,11 @@ def create(
             notes.append("fixed VHD over 2040 GiB: qemu and Hyper-V OS disks will not open it")
         creator = {}
         if disk_type != DISK_FIXED:
-            _check_block_size(block_size)
+            if block_size is None:
+                block_size = DEFAULT_BLOCK_SIZE
+            note = check_new_block_size(block_size, f"{path}: ")  # the note names no path
+            if note is not None:
+                notes.append(note)
         if xen:
             from .xen import TAP_CREATOR, check_block_size
 

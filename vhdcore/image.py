@@ -983,7 +983,7 @@ class VHD:
                 slot += 1
             if target % SECTOR_SIZE:
                 raise ValueError(f"{self.path}: block target {target:#x} is not sector-aligned")
-            self._copy_span(int(self._bat_view[block]) * SECTOR_SIZE, target, span)
+            self._copy_span(int(self._bat_view[block]) * SECTOR_SIZE, target, span, old_size)
             pending[block] = target // SECTOR_SIZE
         if appended and old_size > new_end + FOOTER_SIZE:
             f.truncate(new_end + FOOTER_SIZE)
@@ -1037,14 +1037,17 @@ class VHD:
         f.flush()
         self.batmap = updated
 
-    def _copy_span(self, source, target, length) -> None:
+    def _copy_span(self, source, target, length, fresh_from) -> None:
+        """Copy ``length`` bytes; zeros past ``fresh_from`` (the old end) stay holes."""
+        from .sparse import write_sparse  # only the block-moving operations need it
+
         buffer = bytearray(min(length, 4 << 20))
         view = memoryview(buffer)
         done = 0
         while done < length:
             chunk = min(len(view), length - done)
             self._file.preadinto(source + done, view[:chunk], "block being moved")
-            self._file.pwrite(target + done, view[:chunk])
+            write_sparse(self._file, target + done, view[:chunk], fresh_from)
             done += chunk
 
     def _store_bat(self, pending, blocks) -> None:

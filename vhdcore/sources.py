@@ -21,13 +21,13 @@ import os
 import queue
 import stat
 import threading
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from .constants import DYNAMIC_COOKIE, FOOTER_COOKIE, FOOTER_SIZE, LEGACY_FOOTER_SIZE, SECTOR_SIZE
 from .errors import UnsupportedError, VHDError
 from . import probe as _probe
 from .fileio import open_image_file
-from .rawimage import StreamReader, data_runs, fd_of, is_seekable_file
+from .rawimage import StreamReader, data_runs, is_seekable_file
 
 #: A run of the virtual disk: ``(offset, length, is_data)``.
 Run = Tuple[int, int, bool]
@@ -38,23 +38,6 @@ FORMAT_ALIASES = {"vpc": "vhd"}
 STDIO = "-"
 #: Virtual bytes of VHD extents asked for at once (512 blocks of 2 MiB).
 EXTENT_WINDOW = 1 << 30
-
-
-#: Smallest data piece worth a probe and a file-to-file copy.
-COPY_MIN = 256 << 10
-
-
-class Span(NamedTuple):
-    """A data piece left unread: it lies at ``offset`` of the plain file ``fd``.
-
-    :meth:`Source.pieces` yields one in place of a view when asked to
-    ``probe`` and the piece's first bytes already hold data, so a writer
-    that only needs to know "data or not" can copy it file to file
-    (``copy_file_range``) without bringing it through user space.
-    """
-
-    fd: int
-    offset: int
 
 
 class Source:
@@ -89,13 +72,8 @@ class Source:
         """Fill ``view`` with the virtual bytes at ``offset`` (inside a data run)."""
         raise NotImplementedError
 
-    def span(self, offset: int, length: int) -> Optional[Tuple[int, int]]:
-        """``(fd, file_offset)`` when ``[offset, offset + length)`` is stored
-        contiguously in one plain :class:`vhdcore.fileio.ImageFile`, else ``None``."""
-        return None
-
     def pieces(
-        self, buffer, unit: int, start: int = 0, probe: int = 0
+        self, buffer, unit: int, start: int = 0
     ) -> Iterator[Tuple[int, int, Optional[memoryview]]]:
         """Walk the disk as ``(offset, length, view)``; ``view`` is ``None`` for zeros.
 
@@ -105,14 +83,7 @@ class Source:
         a callable returning the buffer to fill next (see
         :class:`Prefetch`). A zero run comes whole, however long, and costs
         nothing.
-
-        With ``probe``, a data piece that :meth:`span` can place in a plain
-        file is read only ``probe`` bytes deep at first: if those hold a
-        non-zero byte the piece comes as a :class:`Span` instead of a view
-        (the caller copies it file to file); otherwise it is read whole.
         """
-        from ._backend import kernels
-
         next_buffer = _buffer_supplier(buffer)
         for offset, length, is_data in self.runs():
             end = offset + length
@@ -127,17 +98,7 @@ class Source:
                 view = next_buffer()
                 count = min(end - position, unit - position % unit, len(view))
                 piece = view[:count]
-                first = 0
-                if probe and count >= COPY_MIN:
-                    where = self.span(position, count)
-                    if where is not None:
-                        first = probe
-                        self.readinto(position, piece[:first])
-                        if not kernels.is_zero(piece[:first]):
-                            yield position, count, Span(*where)
-                            position += count
-                            continue
-                self.readinto(position + first, piece[first:])
+                self.readinto(position, piece)
                 yield position, count, piece
                 position += count
 
@@ -199,10 +160,6 @@ class RawFileSource(Source):
 
     def readinto(self, offset: int, view) -> None:
         self.file.preadinto(offset, view, "raw data")
-
-    def span(self, offset: int, length: int) -> Optional[Tuple[int, int]]:
-        fd = fd_of(self.file)
-        return None if fd is None else (fd, offset)
 
     def close(self) -> None:
         self.file.close()
@@ -307,16 +264,6 @@ class VHDSource(Source):
     def readinto(self, offset: int, view) -> None:
         self.image.readinto(offset, view)
 
-    def span(self, offset: int, length: int) -> Optional[Tuple[int, int]]:
-        from .extent import ZERO
-
-        extents = self.image.extents(offset, length)
-        if len(extents) != 1 or extents[0].state == ZERO or extents[0].length != length:
-            return None
-        extent = extents[0]
-        fd = fd_of(getattr(self.image.chain[extent.depth], "_file", None))
-        return None if fd is None else (fd, extent.file_offset)
-
     def describe(self) -> str:
         depth = len(self.files)
         chain = f", chain of {depth}" if depth > 1 else ""
@@ -357,7 +304,7 @@ class StreamSource(Source):
     def readinto(self, offset: int, view) -> None:
         raise UnsupportedError(f"{self.name}: a stream cannot be read at an offset")
 
-    def pieces(self, buffer, unit: int, start: int = 0, probe: int = 0):
+    def pieces(self, buffer, unit: int, start: int = 0):
         if start:
             raise UnsupportedError(f"{self.name}: a stream can only be read from the start")
         next_buffer = _buffer_supplier(buffer)
@@ -416,13 +363,10 @@ class Prefetch:
         buffer_size: int,
         count: int = 4,
         hasher=None,
-        probe: int = 0,
     ):
         self.source = source
         self.unit = unit
         self.hasher = hasher
-        # A Span's bytes are never read here, so they cannot be hashed.
-        self.probe = 0 if hasher is not None else probe
         self.free = queue.Queue()
         for _ in range(count):
             self.free.put(memoryview(bytearray(buffer_size)))
@@ -453,7 +397,7 @@ class Prefetch:
     def _read(self):
         hasher = self.hasher
         try:
-            pieces = self.source.pieces(self._next_buffer, self.unit, probe=self.probe)
+            pieces = self.source.pieces(self._next_buffer, self.unit)
             for offset, length, view in pieces:
                 if self.stopping.is_set():
                     return

@@ -17,9 +17,14 @@ Layouts:
 * dynamic: footer copy at 0, dynamic header at 512, BAT at 1536 (padded
   to a sector with 0xFF, as qemu does), the blocks in virtual order right
   after it, the footer. A block is allocated only if it holds a non-zero
-  byte. Its sector bitmap is all ones. Why all ones rather than exactly the
-  non-zero sectors: the block's data area is stored whole anyway (zero
-  sectors and all), so a precise bitmap would save no space; qemu, Hyper-V
+  byte. Inside an allocated block only the non-zero stretches are written
+  (judged in :data:`SPARSE_GRANULARITY` chunks aligned to the disk, as
+  ``qemu-img convert`` does), so on a file its zero stretches stay holes
+  wherever they cover a whole file-system block: the output occupies the
+  data plus metadata, never the whole of each block. Its sector bitmap is
+  all ones. Why all ones rather than exactly the non-zero sectors: the
+  block's data area reads as zeros wherever it is not written, so a
+  precise bitmap would change no contents and save no space; qemu, Hyper-V
   and dissect ignore a dynamic disk's bitmap, qemu itself writes all ones,
   and all ones can never hide data from a reader that honours the bitmap
   (``vhd-util check -b`` flags "data where bitmap is clear", which an
@@ -36,8 +41,6 @@ the layout the file writer would have produced.
 from __future__ import annotations
 
 import array
-import errno
-import os
 from typing import Iterable, List, Optional
 
 from . import bat as batmod
@@ -53,20 +56,13 @@ from .constants import (
     SECTOR_SIZE,
     UINT32_TYPECODE,
 )
-from .errors import ConversionError, LimitError, storage_error
+from .errors import ConversionError, LimitError
 from .footer import Footer
 from .header import DynamicHeader
-from .rawimage import Preallocator, WriteBehind, fd_of
+from .rawimage import Preallocator, WriteBehind
 
-
-def _fd_name(fd: int) -> str:
-    """The file behind a source descriptor, for an error message (Linux names it)."""
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return "the source"
-
-#: Smallest aligned all-zero stretch left as a hole in raw and fixed output.
+#: Smallest aligned all-zero stretch left unwritten (a hole, on a file) in
+#: every output, and inside the allocated blocks of dynamic output.
 SPARSE_GRANULARITY = 4096
 #: Where the BAT of a dynamic output starts (after footer copy and header).
 TABLE_OFFSET = 1536
@@ -122,9 +118,9 @@ class Writer:
         out: the destination (ImageFile or StreamWriter).
         unit: data pieces handed to :meth:`data` must not cross a multiple
             of this (the dynamic block size; raw and fixed take any).
-        bytes_written: bytes of the disk stored as data: aligned 4 KiB
-            units holding a non-zero byte (the same count for every writer
-            and source kind; what the file occupies is another matter).
+        bytes_written: disk bytes stored as data: the non-zero stretches
+            written (what occupies the file system is the caller's to
+            measure, see :class:`vhdcore.convert.ConversionResult`).
     """
 
     format = "raw"
@@ -151,55 +147,6 @@ class Writer:
     def data(self, offset: int, view) -> int:
         """Store a piece of the disk; returns the bytes stored as data."""
         raise NotImplementedError
-
-    #: Whether :meth:`copy` may be used (set by writers that need no look
-    #: at the bytes beyond "data or not", on a plain file).
-    can_copy = False
-
-    def copy(self, offset: int, length: int, fd: int, file_offset: int) -> int:
-        """Store a piece known to hold data, copied from ``fd`` at ``file_offset``."""
-        raise NotImplementedError
-
-    def _copy_in(self, position: int, length: int, fd: int, file_offset: int) -> None:
-        """Copy ``length`` bytes of ``fd`` into the output at ``position``, file to file."""
-        out = fd_of(self.out)
-        done = 0
-        while done < length:
-            if Writer._copy_works:
-                try:
-                    got = os.copy_file_range(
-                        fd, out, length - done, file_offset + done, position + done
-                    )
-                except OSError as exc:
-                    if exc.errno not in (
-                        errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF
-                    ):
-                        raise storage_error(
-                            exc, getattr(self.out, "name", self.out.path),
-                            f"cannot copy {length - done} bytes of data in at "
-                            f"0x{position + done:x}",
-                        ) from exc
-                    Writer._copy_works = False
-                    continue
-            else:
-                try:
-                    data = os.pread(fd, min(length - done, 4 << 20), file_offset + done)
-                except OSError as exc:
-                    raise storage_error(
-                        exc, _fd_name(fd), f"cannot read at file offset {file_offset + done}"
-                    ) from exc
-                got = len(data)
-                if got:
-                    self.out.pwrite(position + done, data)
-            if got == 0:
-                raise ConversionError(
-                    f"the source ended early: {length - done} bytes missing at file offset "
-                    f"{file_offset + done} (was it truncated during the conversion?)"
-                )
-            done += got
-        self.behind.wrote(position, length)
-
-    _copy_works = hasattr(os, "copy_file_range")
 
     def finish(self, virtual_size: int) -> int:
         """Write the trailing structures; returns the output's length in bytes."""
@@ -373,29 +320,18 @@ class DynamicWriter(Writer):
             self.out.pwrite(int(self.bat[planned]) * SECTOR_SIZE, self.bitmap)
             self._bitmaps_done += 1
 
-    @property
-    def can_copy(self) -> bool:
-        return self.plan is None and fd_of(self.out) is not None
-
     def data(self, offset, view):
         runs = nonzero_runs(view, SPARSE_GRANULARITY, offset)
         if not runs:
             return 0
         start = self._block_start(offset)
-        self._put(start, view)
-        # Counted as raw and fixed output count it, in aligned 4 KiB units
-        # with a non-zero byte, so bytes_written is the same figure for
-        # every source kind: a stream hands over whole blocks, a file only
-        # its data runs.
-        stored = sum(end - begin for begin, end in runs)
+        stored = 0
+        for first, end in runs:
+            self.prealloc.reserve(start + first, end - first)
+            self._put(start + first, view[first:end])
+            stored += end - first
         self.bytes_written += stored
         return stored
-
-    def copy(self, offset, length, fd, file_offset):
-        start = self._block_start(offset)
-        self._copy_in(start, length, fd, file_offset)
-        self.bytes_written += length
-        return length
 
     def _block_start(self, offset: int) -> int:
         """Where the data of disk ``offset`` goes (allocating its block if need be)."""
@@ -417,7 +353,6 @@ class DynamicWriter(Writer):
                     f"larger --block-size or a seekable source"
                 )
             start = self._allocate(block)
-            self.prealloc.ahead(self.next_free)
             self._put(start, self.bitmap)
         else:
             start = entry * SECTOR_SIZE

@@ -42,7 +42,8 @@ def add_arguments(parser):
         "--block-size",
         type=block_size_argument,
         metavar="SIZE",
-        help="block size of a dynamic output (default 2M)",
+        help="block size of a dynamic output: 4K to 256M (default 2M; qemu misreads blocks "
+        "below 4K, sizes other than 512K and 2M get a warning)",
     )
     parser.add_argument("-p", "--progress", action="store_true", help="show progress on stderr")
     add_chain_flags(parser)
@@ -83,6 +84,7 @@ def _on_sigterm(signum, frame):
 
 
 def run(args) -> int:
+    from ..blocksize import check_new_block_size
     from ..convert import convert
     from ..sizes import format_size
 
@@ -113,6 +115,10 @@ def run(args) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    # An unusual block size is a warning on stderr (seen even with --json).
+    unusual = check_new_block_size(result.block_size) if result.block_size else None
+    if unusual is not None:
+        print(f"vhdcore convert: warning: {unusual}", file=sys.stderr)
     if args.json:
         if report is sys.stdout:
             emit_json(result.to_dict())
@@ -133,6 +139,9 @@ def run(args) -> int:
         if result.blocks_allocated is not None
         else ""
     )
+    on_disk = (
+        f" ({format_size(result.disk_usage)} on disk)" if result.disk_usage is not None else ""
+    )
     lines = [
         f"converted {result.source} ({source}) -> {result.destination} ({out})",
         f"  virtual size {format_size(result.virtual_size)} ({result.virtual_size} bytes)",
@@ -141,7 +150,7 @@ def run(args) -> int:
             f"{format_size(result.bytes_unread)} known to be zero without reading"
         ),
         (
-            f"  wrote {format_size(result.bytes_written)} of data; "
+            f"  wrote {format_size(result.bytes_written)} of data{on_disk}; "
             f"{format_size(result.bytes_zero)} left as zeros{allocated}"
         ),
         f"  {result.seconds:.2f} s, {format_size(int(result.throughput))}/s",
@@ -151,6 +160,7 @@ def run(args) -> int:
         if result.source_digest != result.digest:
             lines.append(f"sha256 of the source before padding: {result.source_digest}")
     for note in result.notes:
-        lines.append(f"note: {note}")
+        if note != unusual:
+            lines.append(f"note: {note}")
     print("\n".join(lines), file=report)
     return 0

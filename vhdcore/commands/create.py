@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..constants import DEFAULT_BLOCK_SIZE
+import sys
+
+from ..blocksize import check_new_block_size
 from ..create import create
 from ..errors import UsageError
 from ..info import describe
@@ -24,8 +26,10 @@ def add_arguments(parser):
                         help="virtual size, e.g. 512M or 10G (optional with --parent)")
     parser.add_argument("--type", choices=("dynamic", "fixed"), default=None,
                         help="image type (default dynamic; differencing with --parent)")
-    parser.add_argument("--block-size", type=block_size_argument, default=DEFAULT_BLOCK_SIZE, metavar="SIZE",
-                        help="block size of a dynamic image (default 2M)")
+    parser.add_argument("--block-size", type=block_size_argument, metavar="SIZE", default=None,
+                        help="block size of a dynamic or differencing image: 4K to 256M "
+                             "(default 2M, or the parent's; qemu misreads blocks below 4K, "
+                             "sizes other than 512K and 2M get a warning); not with --type fixed")
     parser.add_argument("--parent", help="make a differencing image on top of PARENT")
     parser.add_argument("--force", action="store_true", help="replace an existing file")
     parser.add_argument("--xen", action="store_true",
@@ -40,12 +44,18 @@ def run(args) -> int:
         raise UsageError("--parent makes a differencing image; drop --type fixed")
     if args.size is None and not args.parent:
         raise UsageError("SIZE is required without --parent")
+    if args.type == "fixed" and args.block_size is not None:
+        raise UsageError("a fixed image has no blocks; drop --block-size or use --type dynamic")
     image = create(
         args.image, args.size, type=args.type, block_size=args.block_size,
         parent=args.parent, overwrite=args.force, xen=args.xen, **chain_options(args),
     )
     with image:
         data = describe(image)
+        # An unusual block size is a warning on stderr (seen even with --json).
+        unusual = check_new_block_size(image.block_size) if image.block_size else None
+    if unusual is not None:
+        print(f"vhdcore create: warning: {unusual}", file=sys.stderr)
     if args.json:
         emit_json(data)
     else:
@@ -54,5 +64,6 @@ def run(args) -> int:
               + (f", block size {data['block_size']}" if data["block_size"] else "")
               + (f", parent {args.parent}" if args.parent else ""))
         for note in data["notes"]:
-            print(f"note: {note}")
+            if note != unusual:
+                print(f"note: {note}")
     return 0
