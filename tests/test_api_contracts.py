@@ -329,3 +329,37 @@ def test_repair_guard_refuses_a_plan_that_writes_over_metadata(tmp_path, monkeyp
     report = repair(sample.path)
     assert not report.actions and sample.path.read_bytes() == before
     assert "over the block allocation table" in " ".join(r for _c, r in report.skipped)
+
+
+_INTERRUPT_AT_IMPORT = """
+import sys
+
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == "vhdcore.convert":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = [ARGV0]
+import vhdcore
+"""
+
+
+@pytest.mark.parametrize("argv0", ["-m", "/usr/local/bin/vhdcore"])
+def test_ctrl_c_while_the_package_imports_is_one_line_for_the_cli(argv0):
+    import subprocess
+    import sys
+
+    code = _INTERRUPT_AT_IMPORT.replace("ARGV0", repr(argv0))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 130
+    assert done.stderr == "vhdcore: interrupted\n"
+
+
+def test_ctrl_c_while_the_package_imports_reaches_a_library_user():
+    import subprocess
+    import sys
+
+    code = _INTERRUPT_AT_IMPORT.replace("ARGV0", repr("myscript.py"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode != 130 and "KeyboardInterrupt" in done.stderr
