@@ -1,7 +1,8 @@
 """vhdcore: a fast, trustworthy engine for VHD virtual disk images.
 
 The public API is a few nouns: ``VHD``, ``open``, ``create``, ``convert``
-and the errors in :mod:`vhdcore.errors`. ``BACKEND`` says whether the
+and the errors in :mod:`vhdcore.errors` (``ImageError`` at the root,
+also named ``VHDError``). ``BACKEND`` says whether the
 compiled kernels or their pure-Python reference twins are in use.
 """
 
@@ -26,7 +27,7 @@ try:
     from ._backend import BACKEND
     from .convert import convert
     from .create import create
-    from .errors import VHDError
+    from .errors import ImageError, VHDError
     from .image import VHD, open
 except KeyboardInterrupt:
     # Ctrl-C while the command's modules load: one line and 130, as any
@@ -38,4 +39,4 @@ except KeyboardInterrupt:
 
 __version__ = "0.1.0"
 
-__all__ = ["BACKEND", "VHD", "VHDError", "convert", "create", "errors", "open", "__version__"]
+__all__ = ["BACKEND", "VHD", "ImageError", "VHDError", "convert", "create", "errors", "open", "__version__"]

@@ -1,4 +1,4 @@
-"""One exception hierarchy for every module and both kernel backends.
+"""One exception hierarchy for every module, every format and both kernel backends.
 
 Messages name the file, the structure, the field, the offset and both
 values, e.g. ``disk.vhd: footer checksum mismatch at 0x1ffe00: stored
@@ -8,12 +8,17 @@ values, e.g. ``disk.vhd: footer checksum mismatch at 0x1ffe00: stored
 from __future__ import annotations
 
 
-class VHDError(Exception):
-    """Root of every error vhdcore raises about an image or an operation."""
+class ImageError(Exception):
+    """Root of every error vhdcore raises about an image or an operation, in any format."""
+
+
+#: The root's first name, from when VHD was the only format: the same class,
+#: so every ``except VHDError`` catches what it always did, in every format.
+VHDError = ImageError
 
 
 class FormatError(VHDError, ValueError):
-    """The bytes are not a well-formed VHD structure."""
+    """The bytes are not a well-formed structure of the image's format."""
 
 
 class ChecksumError(FormatError):
