@@ -7,6 +7,11 @@ from typing import List, NamedTuple
 DATA = "data"  # held by this image
 PARENT = "parent"  # held by an ancestor in the chain
 ZERO = "zero"  # held by no member: reads as zeros
+#: Stored, but not as the bytes it reads as (a compressed or encrypted
+#: cluster): readable through ``readinto``, never copied file to file.
+ENCODED = "encoded"
+#: Every state an extent may have, in any format.
+STATES = (DATA, PARENT, ZERO, ENCODED)
 
 
 class Extent(NamedTuple):
@@ -16,7 +21,9 @@ class Extent(NamedTuple):
         offset: virtual byte offset of the run.
         length: bytes in the run.
         state: ``"data"`` (held by the image asked), ``"parent"`` (held by
-            the ancestor at ``depth``) or ``"zero"`` (held by nobody).
+            the ancestor at ``depth``), ``"zero"`` (held by nobody) or
+            ``"encoded"`` (held at ``depth``, but stored encoded, so its
+            file bytes are not the disk's bytes).
         depth: 0 for the image asked, 1 for its parent, ...; -1 for zero.
         file_offset: byte offset of the run in the file of the chain member
             at ``depth``, or -1 for zero runs.

@@ -1125,6 +1125,21 @@ class VHD:
         """The descriptor of this image's own file (not its parents'), for OS hints."""
         return self._file.fd
 
+    # The VirtualDisk protocol (vhdcore.disk.virtual), beside the VHD names.
+    format = "vhd"
+    #: VHD addresses 512-byte sectors only.
+    logical_sector_size = SECTOR_SIZE
+
+    @property
+    def files(self) -> List[str]:
+        """Every file of the chain: this image's, then its parent's, ..."""
+        return [member.path for member in self.chain]
+
+    def member_file(self, depth: int):
+        """The ImageFile of the chain member at ``depth`` (0 is this image)."""
+        members = self._members()
+        return members[depth]._file if 0 <= depth < len(members) else None
+
     def rawio(self):
         """A file-like :class:`io.RawIOBase` view of the virtual disk."""
         from .rawio import VHDRawIO

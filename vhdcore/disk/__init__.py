@@ -1,0 +1,1 @@
+"""Format-neutral disk layer: extents, sources, sinks (writers), the rawio view."""
