@@ -12,11 +12,11 @@ import os
 import stat
 from typing import List, Optional
 
-from . import Format
-from ..extent import DATA, ZERO, Extent, append_extent
 from ..errors import OutOfRangeError
+from ..extent import DATA, ZERO, Extent, append_extent
 from ..fileio import open_image_file
 from ..rawimage import data_runs
+from . import Format
 
 SECTOR_SIZE = 512
 

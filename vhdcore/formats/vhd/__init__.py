@@ -9,7 +9,6 @@ This module imports none of them until asked, so detection stays cheap.
 
 from __future__ import annotations
 
-from .. import Format
 from ...constants import (
     DYNAMIC_COOKIE,
     FOOTER_COOKIE,
@@ -19,6 +18,7 @@ from ...constants import (
     MAX_FIXED_SIZE,
     SECTOR_SIZE,
 )
+from .. import Format
 
 
 def detect(file) -> bool:
