@@ -67,22 +67,6 @@ MAX_BAT_BYTES = 64 * 1024 * 1024
 # Default depth limit for differencing chains (XenServer's MAX_CHAIN_SIZE).
 DEFAULT_MAX_CHAIN_DEPTH = 30
 
-# Creator applications we write and recognise.
-CREATOR_VHDCORE = b"vhdc"
-KNOWN_CREATORS = {
-    b"vpc ": "Microsoft Virtual PC",
-    b"win ": "Microsoft Windows / Hyper-V",
-    b"wa\0\0": "Microsoft Azure",
-    b"d2v ": "Disk2VHD",
-    b"qemu": "QEMU",
-    b"qem2": "QEMU (force_size)",
-    b"tap\0": "blktap / vhd-util",
-    b"vbox": "VirtualBox",
-    b"vs  ": "Virtual Server",
-    b"CTXS": "Citrix",
-    b"vhdc": "vhdcore",
-}
-
 # Parent locator platform codes.
 PLATFORM_NONE = b"\0\0\0\0"
 PLATFORM_W2KU = b"W2ku"  # absolute Windows path, UTF-16LE

@@ -756,12 +756,6 @@ class VHD:
         for block in blocks:
             self._bitmaps[block] = bytearray(self._bitmap_bytes)
 
-    def _mark_written(self, block, within, size):
-        """Set the bitmap bits of the sectors a write covered (step 5)."""
-        updates = {}
-        self._bitmap_update(updates, block, within, size)
-        self._store_bitmaps(updates)
-
     def _bitmap_update(self, updates, block, within, size) -> None:
         """Add to ``updates`` ({block: new bitmap}) the bits a write of ``[within, +size)`` sets.
 

@@ -101,10 +101,6 @@ class Progress:
         self._last = now
         self._emit(self.line())
 
-    def advance(self, count: int) -> None:
-        """Record ``count`` more bytes finished."""
-        self.update(self.done + count)
-
     def finish(self) -> None:
         """Print the final state and end the line."""
         if not self.enabled:
