@@ -14,10 +14,12 @@ import os
 from typing import List, Union
 
 from ._backend import kernels
-from .constants import BAT_UNUSED, LEGACY_FOOTER_SIZE, SECTOR_SIZE
+from .constants import BAT_UNUSED, SECTOR_SIZE
 from .errors import CorruptImageError
+from .layout import footer_offset_for
 from .problems import Problem
 from .sizes import plural
+from .problems import where as _where
 
 __all__ = [
     "bitmap_bytes_for",
@@ -99,11 +101,6 @@ def metadata_end(header, batmap=None, locators=None, *, header_offset: int = SEC
     return _round_up(end, SECTOR_SIZE)
 
 
-def _where(path) -> str:
-    text = os.fspath(path) if path != "" else ""
-    return text or "<image>"
-
-
 def validate_bat(
     bat,
     header,
@@ -146,11 +143,7 @@ def validate_bat(
     block_size = header.block_size
     bitmap = bitmap_bytes_for(block_size)
     span = bitmap + block_size
-    if file_size % SECTOR_SIZE == LEGACY_FOOTER_SIZE:
-        footer_start = file_size - LEGACY_FOOTER_SIZE
-    else:
-        footer_start = file_size - SECTOR_SIZE
-    footer_start = max(footer_start, 0)
+    footer_start = max(footer_offset_for(file_size), 0)
     table_offset = header.table_offset
 
     problems: List[Problem] = []

@@ -13,7 +13,7 @@ In place (the default), crash-safely and without a temporary copy:
 
 1. set the BAT entries of the dropped blocks unallocated (barrier); their
    space is now leaked, the contents unchanged;
-2. pack the blocks that stay (:func:`vhdcore.layout.plan`): the blocks
+2. pack the blocks that stay (:func:`vhdcore.repack.plan`): the blocks
    nearest the end of the file move into the lowest holes they fit, and
    holes smaller than a block (left by a crash, or the table room a grow or
    rebase leaves) are closed by sliding the later blocks down (copy,
@@ -39,7 +39,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from . import layout
+from . import repack
 from ._backend import kernels
 from .constants import BAT_UNUSED, FOOTER_SIZE, SECTOR_SIZE
 from .create import OVERWRITE_ADVICE, _link_into_place
@@ -197,13 +197,13 @@ def compact(
             result.file_size_after = _write_compacted(image, keep, output, overwrite)
             result.blocks_moved = len(keep)
         else:
-            batches, new_end = layout.plan(image, keep, full=True)
+            batches, new_end = repack.plan(image, keep, full=True)
             result.blocks_moved = len({block for batch in batches for block, _to in batch})
             result.file_size_after = min(image.file_size, new_end + FOOTER_SIZE)
             if not dry_run:
                 _clear_stale_bits(image, drops)
                 image.release_blocks(drops)
-                layout.apply(image, batches, new_end)
+                repack.apply(image, batches, new_end)
                 result.file_size_after = image.file_size
     result.bytes_reclaimed = result.file_size_before - result.file_size_after
     result.seconds = round(time.monotonic() - began, 3)

@@ -44,7 +44,9 @@ from .errors import (
     UnsupportedError,
 )
 from .geometry import Geometry, chs_for_sectors, size_rule
+from .layout import footer_offset_for
 from .problems import Problem
+from .problems import where as _where
 
 __all__ = [
     "Footer",
@@ -106,21 +108,6 @@ def vhd_timestamp(unix_seconds: float) -> int:
 def unix_time(timestamp: int) -> int:
     """Unix time of a VHD timestamp."""
     return int(timestamp) + VHD_EPOCH
-
-
-def footer_offset_for(file_size: int) -> int:
-    """Where the primary footer starts in a file of ``file_size`` bytes.
-
-    A file whose size is 511 mod 512 carries a legacy 511-byte footer.
-    """
-    if file_size % SECTOR_SIZE == LEGACY_FOOTER_SIZE:
-        return file_size - LEGACY_FOOTER_SIZE
-    return file_size - FOOTER_SIZE
-
-
-def _where(path: PathLike) -> str:
-    text = os.fspath(path) if path != "" else ""
-    return text or "<image>"
 
 
 @dataclass(frozen=True)

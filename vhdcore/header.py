@@ -25,7 +25,6 @@ from .constants import (
     HEADER_CHECKSUM_OFFSET,
     HEADER_VERSION,
     KNOWN_PLATFORMS,
-    LEGACY_FOOTER_SIZE,
     LOCATOR_COUNT,
     LOCATOR_ENTRY_SIZE,
     MAX_BLOCK_SIZE,
@@ -34,7 +33,9 @@ from .constants import (
     SECTOR_SIZE,
 )
 from .errors import ChecksumError, CorruptImageError, FormatError, LimitError, UnsupportedError
+from .layout import TABLE_OFFSET, footer_offset_for
 from .problems import Problem
+from .problems import where as _where
 
 __all__ = [
     "ParentLocator",
@@ -73,17 +74,6 @@ _OFF = {
 }
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-
-def _where(path) -> str:
-    text = os.fspath(path) if path != "" else ""
-    return text or "<image>"
-
-
-def _footer_start(file_size: int) -> int:
-    if file_size % SECTOR_SIZE == LEGACY_FOOTER_SIZE:
-        return file_size - LEGACY_FOOTER_SIZE
-    return file_size - SECTOR_SIZE
 
 
 def encode_parent_name(name: str) -> bytes:
@@ -301,7 +291,7 @@ class DynamicHeader:
         cls,
         max_table_entries: int,
         block_size: int,
-        table_offset: int = 1536,
+        table_offset: int = TABLE_OFFSET,
         parent_uuid: Optional[uuid_module.UUID] = None,
         parent_timestamp: int = 0,
         parent_name: str = "",
@@ -508,7 +498,7 @@ class DynamicHeader:
                 "table_offset",
             )
         if file_size is not None:
-            footer_start = _footer_start(file_size)
+            footer_start = footer_offset_for(file_size)
             if end > footer_start:
                 # The anti-DoS rule: the table can never be larger than the
                 # file, so reading it is bounded by the input's size.
@@ -541,7 +531,7 @@ class DynamicHeader:
 
     def _check_locators(self, add, offset, file_size) -> None:
         seen = {}
-        footer_start = None if file_size is None else _footer_start(file_size)
+        footer_start = None if file_size is None else footer_offset_for(file_size)
         header_end = offset + DYNAMIC_HEADER_SIZE
         for index, loc in enumerate(self.locators):
             at = offset + _LOCATORS_AT + index * LOCATOR_ENTRY_SIZE

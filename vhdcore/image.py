@@ -31,6 +31,7 @@ from typing import List, Optional
 
 from . import bat as batmod
 from . import chain
+from ._backend import kernels
 from .batmap import find_batmap
 from .xen import PAGE_SIZE, block_start, is_tap, store_full_bits
 from .constants import (
@@ -47,7 +48,6 @@ from .constants import (
     UINT32_TYPECODE,
 )
 from . import probe
-from ._backend import kernels
 from .errors import (
     CorruptImageError,
     FormatError,
@@ -62,6 +62,7 @@ from .fileio import open_image_file
 from .footer import Footer
 from .geometry import size_rule
 from .header import DynamicHeader
+from .layout import read_primary_footer
 from .problems import raise_for
 
 _ZERO_CHUNK = bytes(1 << 20)
@@ -249,11 +250,8 @@ class VHD:
 
     def _read_primary_footer(self, file_size):
         """The footer at the end of the file (512 bytes, or a legacy 511)."""
-        offset = file_size - FOOTER_SIZE
-        raw = self._file.pread(offset, FOOTER_SIZE, "footer") if offset >= 0 else b""
-        if raw[:8] != FOOTER_COOKIE and file_size % SECTOR_SIZE == LEGACY_FOOTER_SIZE:
-            offset = file_size - LEGACY_FOOTER_SIZE
-            raw = self._file.pread(offset, LEGACY_FOOTER_SIZE, "footer")
+        raw, offset, legacy = read_primary_footer(self._file.pread, file_size)
+        if legacy:
             if self.mode == "r+":
                 raise FormatError(
                     f"{self.path}: legacy 511-byte footer; open read-only or convert the image"

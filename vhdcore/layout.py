@@ -1,168 +1,53 @@
-"""Packing the data blocks of a dynamic image: closing holes, then truncating.
+"""Where a VHD's structures lie in its file: the one place that says so.
 
-Blocks only ever move into space nothing references, through
-:meth:`VHD.relocate_blocks` (copy, barrier, BAT entries, barrier), so a
-crash at any point leaves an image that reads the same with leaked space at
-worst; packing again finishes the job. Two levels:
-
-* **settle** (after a shrink): the blocks nearest the end of the file move
-  into the lowest holes a whole block fits in, then the file is cut after
-  the last block. Few blocks move (at most one per hole).
-* **full** (``compact``): that, then close what is left, holes smaller
-  than a block included. A block cannot slide down by less than its own
-  size (its copy would overwrite itself), so the first few blocks after
-  such a hole are moved to the end of the file first: the hole then holds
-  that many blocks, every later block slides down into it in batches, and
-  the moved ones follow last. Every block from the hole on moves once (the
-  first few twice); the file grows by at most :data:`BOUNCE` blocks while
-  this runs.
-
-The space between the tables and the first block is packed too: ``check``
-calls less than a block of it table room (blktap leaves it when its table
-grows, and so do vhdcore's resize and rebase), not a leak, but ``compact``
-gives everything back.
+A dynamic or differencing disk is laid out as: the footer copy at 0, the
+dynamic header at :data:`HEADER_OFFSET`, the block allocation table at
+:data:`TABLE_OFFSET` (as vhdcore, qemu and Hyper-V write it; readers take
+the header's ``table_offset``), then blocks, then the footer. A fixed disk
+is the data followed by the footer. The footer is the last 512 bytes, or
+the last 511 in images from before Virtual PC 2004.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Tuple
 
-import numpy as np
+from .constants import FOOTER_COOKIE, FOOTER_SIZE, LEGACY_FOOTER_SIZE, SECTOR_SIZE
 
-from .check import MIN_LEAK  # smaller gaps are alignment padding, not leaks
-from .constants import BAT_UNUSED, FOOTER_SIZE, SECTOR_SIZE
-
-__all__ = ["BOUNCE", "apply", "plan", "settle"]
-
-#: Blocks moved to the end of the file to open a sub-block hole: the
-#: slide that follows then moves this many blocks per barrier pair.
-BOUNCE = 8
-
-Batch = List[Tuple[int, Optional[int]]]  # (block, target offset or None = append)
+#: The dynamic header follows the footer copy.
+HEADER_OFFSET = FOOTER_SIZE
+#: The table follows the dynamic header (512 + 1024).
+TABLE_OFFSET = 1536
 
 
-def _round(value: int) -> int:
-    return -(-value // SECTOR_SIZE) * SECTOR_SIZE
+def footer_offset_for(file_size: int) -> int:
+    """Where the primary footer starts in a file of ``file_size`` bytes.
+
+    A file whose size is 511 mod 512 carries a legacy 511-byte footer.
+    """
+    if file_size % SECTOR_SIZE == LEGACY_FOOTER_SIZE:
+        return file_size - LEGACY_FOOTER_SIZE
+    return file_size - FOOTER_SIZE
 
 
-def _fill_holes(where: Dict[int, int], span: int, base: int) -> Batch:
-    """Move the highest blocks into the lowest holes they fit (targets below their source)."""
-    order = sorted(where, key=where.get)
-    taken = [(where[b], where[b] + span) for b in order]
-    free = []
-    position = base
-    for lo, hi in taken:
-        if lo > position:
-            free.append([position, lo])
-        position = max(position, hi)
-    moves: Batch = []
-    for block in reversed(order):
-        source = where[block]
-        for pair in free:
-            lo = _round(pair[0])
-            if lo + span <= pair[1] and lo + span <= source:
-                moves.append((block, lo))
-                pair[0] = lo + span
-                break
-        else:
-            break
-    for block, target in moves:
-        where[block] = target
-    return moves
+def read_primary_footer(read: Callable[[int, int, str], bytes],
+                        file_size: int) -> Tuple[bytes, int, bool]:
+    """The primary footer's bytes, its offset, and whether they are a legacy 511.
 
-
-def _slide(where: Dict[int, int], span: int, base: int, gap: int, end: int) -> List[Batch]:
-    """Batches closing every gap of at least ``gap`` bytes (see the module docstring)."""
-    order = sorted(where, key=where.get)
-    position = base
-    first = None
-    for index, block in enumerate(order):
-        if where[block] - position >= gap:
-            first = index
-            break
-        position = where[block] + span
-    if first is None:
-        return []
-    end = max(end, _round(max([base] + [where[b] + span for b in order])))
-    batches: List[Batch] = []
-    rest = order[first:]
-    bounced = []
-    if where[rest[0]] - position < BOUNCE * span:
-        bounced = rest[:BOUNCE]
-        rest = rest[BOUNCE:]
-        batches.append([(b, None) for b in bounced])
-        for i, block in enumerate(bounced):
-            where[block] = end + i * span
-    batch: Batch = []
-    free_to = None  # space below this is free at the start of the current batch
-    for block in rest + bounced:
-        if free_to is None:
-            free_to = where[block]
-        if position + span > free_to:
-            batches.append(batch)
-            batch, free_to = [], where[block]
-            if position + span > free_to:  # cannot happen: the gap never shrinks
-                raise AssertionError(f"block {block} would be copied over itself")
-        batch.append((block, position))
-        where[block] = position
-        position += span
-    if batch:
-        batches.append(batch)
-    return [b for b in batches if b]
-
-
-def plan(image, blocks=None, *, full: bool) -> Tuple[List[Batch], int]:
-    """``(batches, data_end)``: the moves that pack ``blocks`` (default: all
-    allocated ones), and where the data ends afterwards.
+    The last 512 bytes, unless they do not start with the cookie and the
+    file is 511 mod 512 long: then the last 511. Nothing is validated.
 
     Args:
-        image: a dynamic or differencing :class:`~vhdcore.image.VHD`.
-        blocks: the blocks that stay (compact leaves out the ones it drops).
-        full: close holes smaller than a block too (``compact``), not
-            only the ones a block fits in (``settle``).
+        read: ``read(offset, length, what) -> bytes`` (an ImageFile's
+            ``pread``, or check's counting reader).
+        file_size: the file's length.
     """
-    span = image._block_span
-    base = image._metadata_end
-    if blocks is None:
-        blocks = np.flatnonzero(image.bat != BAT_UNUSED).tolist()
-    # Blocks over the metadata (check reports them) stay where they are.
-    where = {b: int(image.bat[b]) * SECTOR_SIZE for b in blocks}
-    base = max([base] + [s + span for s in where.values() if s < base])
-    where = {b: s for b, s in where.items() if s >= base}
-    batches = []
-    first = _fill_holes(where, span, base)
-    if first:
-        batches.append(first)
-    if full:
-        # Appended blocks go after everything the table pointed at when
-        # planning (moves into holes do not lower that mark).
-        batches += _slide(where, span, base, MIN_LEAK, image._next_free)
-    end = _round(max([base] + [s + span for s in where.values()]))
-    return batches, end
+    offset = file_size - FOOTER_SIZE
+    raw = read(offset, FOOTER_SIZE, "footer") if offset >= 0 else b""
+    if raw[:8] != FOOTER_COOKIE and file_size % SECTOR_SIZE == LEGACY_FOOTER_SIZE:
+        offset = file_size - LEGACY_FOOTER_SIZE
+        return read(offset, LEGACY_FOOTER_SIZE, "footer"), offset, True
+    return raw, offset, False
 
 
-def apply(image, batches: List[Batch], data_end: int) -> int:
-    """Carry out ``batches`` in order, then cut the file after ``data_end``.
-
-    Returns the number of block moves made.
-    """
-    moved = 0
-    for batch in batches:
-        image.relocate_blocks(batch)
-        moved += len(batch)
-    f = image._file
-    if data_end + FOOTER_SIZE < f.size():
-        # The footer first, in space nothing references; then cut after it.
-        f.pwrite(data_end, image.footer.to_bytes())
-        f.flush()
-        f.truncate(data_end + FOOTER_SIZE)
-        f.flush()
-    image.reload()
-    return moved
-
-
-def settle(image) -> int:
-    """Fill holes a whole block fits in from the end of the file, and truncate."""
-    batches, end = plan(image, full=False)
-    return apply(image, batches, end)
-
+__all__ = ["HEADER_OFFSET", "TABLE_OFFSET", "footer_offset_for", "read_primary_footer"]

@@ -9,12 +9,13 @@ error a rule produces lives next to the rule.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Type
 
 from .errors import CorruptImageError, VHDError
 
-__all__ = ["Problem", "raise_for", "errors_in", "SEVERITIES"]
+__all__ = ["Problem", "raise_for", "errors_in", "where", "SEVERITIES"]
 
 # "leak" marks space that no structure references: harmless for reading,
 # reclaimable by repair. Only "error" makes raise_for raise.
@@ -48,6 +49,12 @@ class Problem:
     @property
     def is_error(self) -> bool:
         return self.severity == "error"
+
+
+def where(path) -> str:
+    """The name a message gives the file: its path, or ``<image>`` for bytes with none."""
+    text = os.fspath(path) if path != "" else ""
+    return text or "<image>"
 
 
 def errors_in(problems: Iterable[Problem]) -> List[Problem]:

@@ -33,7 +33,7 @@ before, with leaked space at worst; rerunning the resize finishes it.
 A dynamic disk's table never shrinks: entries past the virtual size are
 released (set unallocated) so a later grow cannot resurrect old data.
 After a shrink the last blocks move into the space the released ones
-leave and the file is cut after them (:func:`vhdcore.layout.settle`).
+leave and the file is cut after them (:func:`vhdcore.repack.settle`).
 A grow that moves blocks out of the table's way leaves the rest of their
 space (less than a block) as table room before the first block, as
 blktap's resize does: the next grow or rebase uses it without moving data,
@@ -55,7 +55,7 @@ from typing import List, Optional
 import numpy as np
 
 from . import bat as batmod
-from . import layout
+from . import repack
 from .chain import locator_payloads
 from .constants import (
     BAT_UNUSED,
@@ -507,7 +507,7 @@ def _resize_dynamic(image, footer, size, result) -> None:
         f.flush()
         # The released blocks' space: the last blocks move into it and the
         # file is cut after them (a crash before leaves leaked space only).
-        result.blocks_moved = layout.settle(image)
+        result.blocks_moved = repack.settle(image)
     else:
         # Make sure the range being added holds nothing: the tail of the old
         # last block, and table entries past the old size.

@@ -13,11 +13,10 @@ from ...constants import (
     DYNAMIC_COOKIE,
     FOOTER_COOKIE,
     FOOTER_SIZE,
-    LEGACY_FOOTER_SIZE,
     MAX_DYNAMIC_SIZE,
     MAX_FIXED_SIZE,
-    SECTOR_SIZE,
 )
+from ...layout import read_primary_footer
 from .. import Format
 
 
@@ -26,12 +25,7 @@ def detect(file) -> bool:
     legacy 511), or a footer copy at offset 0 followed by a dynamic header, so a
     damaged primary footer still opens."""
     size = file.size()
-    if size >= FOOTER_SIZE and file.pread(size - FOOTER_SIZE, 8, "footer") == FOOTER_COOKIE:
-        return True
-    if (
-        size % SECTOR_SIZE == LEGACY_FOOTER_SIZE
-        and file.pread(size - LEGACY_FOOTER_SIZE, 8, "footer") == FOOTER_COOKIE
-    ):
+    if read_primary_footer(file.pread, size)[0][:8] == FOOTER_COOKIE:
         return True
     if size >= 3 * FOOTER_SIZE:
         head = file.pread(0, FOOTER_SIZE + 8, "footer copy")
