@@ -44,6 +44,7 @@ from .errors import (
     UnsupportedError,
 )
 from .geometry import Geometry, chs_for_sectors, size_rule
+from .geometry import virtual_size as geometry_virtual_size
 from .layout import footer_offset_for
 from .problems import Problem
 from .problems import where as _where
@@ -234,14 +235,13 @@ class Footer:
 
     @property
     def virtual_size(self) -> int:
-        """The guest-visible size in bytes, by :func:`geometry.size_rule`."""
-        if size_rule(self.creator_app, self.geometry) == "chs":
-            return self.geometry.size
-        return self.current_size
+        """The guest-visible size in bytes, by :func:`geometry.virtual_size`."""
+        return geometry_virtual_size(self)[0]
 
     @property
     def size_rule(self) -> str:
-        return size_rule(self.creator_app, self.geometry)
+        """Which field that size comes from: ``"chs"`` or ``"current_size"``."""
+        return geometry_virtual_size(self)[1]
 
     # -- creation ----------------------------------------------------------
 

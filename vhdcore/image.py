@@ -60,7 +60,6 @@ from .errors import (
 from .extent import DATA, PARENT, ZERO, Extent, append_extent
 from .fileio import open_image_file
 from .footer import Footer
-from .geometry import size_rule
 from .header import DynamicHeader
 from .layout import read_primary_footer
 from .problems import raise_for
@@ -227,10 +226,8 @@ class VHD:
             raise_for(self._footer_errors(footer, footer_offset, file_size))
         self.footer = footer
         self.type = DISK_TYPE_NAMES[footer.disk_type]
-        self.size_rule = size_rule(footer.creator_app, footer.geometry)
-        self.virtual_size = (
-            footer.geometry.size if self.size_rule == "chs" else footer.current_size
-        )
+        self.size_rule = footer.size_rule
+        self.virtual_size = footer.virtual_size
         self.geometry = footer.geometry
         self.uuid = footer.uuid
         self.creator = footer.creator_app.decode("latin-1")
