@@ -389,6 +389,22 @@ def test_read_error_is_a_clear_oserror(tmp_path):
     assert caught.value.errno == errno.EIO and caught.value.filename == str(path)
 
 
+def test_a_small_read_inside_one_block_is_seen_by_fault_injection(tmp_path):
+    """The one-block fast path of VHD.readinto reads through the file object
+    when it is not a plain ImageFile, so an injected EIO reaches the caller."""
+    path = tmp_path / "d.vhd"
+    with vhdcore.create(path, 4 << 20) as image:
+        image.write(0, b"\x01" * 4096)
+    with faults.inject() as plan:
+        vhdcore.open(path).close()
+    opening = plan.reads  # the reads that open takes; the next is the data read
+    with faults.inject(read_fail_at=opening + 1):
+        with vhdcore.open(path) as image:
+            with pytest.raises(OSError) as caught:
+                image.readinto(512, bytearray(1024))
+    assert caught.value.errno == errno.EIO
+
+
 def test_imagefile_finishes_short_writes(tmp_path, monkeypatch):
     """fileio.ImageFile loops over short pwrite results instead of losing bytes."""
     from vhdcore import fileio

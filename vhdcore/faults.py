@@ -32,11 +32,11 @@ every file opened while it is installed, in one sequence, and acts on cue:
   process lives on: later operations succeed once the count is used up.
 * ``read_fail_at=N``: the N-th ``pread``/``preadinto`` raises ``EIO``.
 
-Only operations that pass through the file object are seen: the engine's
-fast read path (``os.preadv`` on ``ImageFile.fd``) and files that a module
-creates with plain ``os`` calls (``vhdcore.create`` builds new images that
-way) are outside the model; their reads still fail after a crash because
-the descriptor is closed.
+Only operations that pass through the file object are seen: files that a
+module creates with plain ``os`` calls (``vhdcore.create`` builds new
+images that way) are outside the model. The engine's fast paths
+(``os.preadv``, ``copy_file_range``) are taken for plain ImageFiles only,
+so a :class:`FaultyImageFile` sees those reads too.
 
 The page-cache model (power loss)
 ---------------------------------

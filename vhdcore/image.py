@@ -58,7 +58,7 @@ from .errors import (
     VHDError,
 )
 from .extent import DATA, PARENT, ZERO, Extent, append_extent
-from .fileio import open_image_file
+from .fileio import ImageFile, open_image_file
 from .footer import Footer
 from .header import DynamicHeader
 from .layout import read_primary_footer
@@ -469,12 +469,17 @@ class VHD:
                     return length
             elif self.parent is None:
                 start = entry * SECTOR_SIZE + self._bitmap_bytes + within
-                try:
-                    got = os.preadv(self._file.fd, [view], start)
-                except OSError:
-                    got = -1  # the careful path below retries, and names the file if it fails
+                # One system call for a plain file; any other ImageFile (a
+                # fault-injection one) sees the read through its own method.
+                file = self._file
+                got = -1
+                if type(file) is ImageFile:
+                    try:
+                        got = os.preadv(file.fd, [view], start)
+                    except OSError:
+                        got = -1  # the careful path below retries, and names the file if it fails
                 if got != length:
-                    self._file.preadinto(start, view)
+                    file.preadinto(start, view)
                 return length
         self._readinto_slow(offset, view)
         return length
