@@ -158,3 +158,26 @@ def test_stdout_over_existing_bytes_writes_its_zeros(tmp_path, rng):
     finally:
         os.close(fd)
     assert out.read_bytes() == src.read_bytes()
+
+
+def test_a_writer_copy_stores_what_data_would(tmp_path):
+    """Writer.copy (the sink's file-range entry) reads the range and keeps zeros as holes."""
+    from vhdcore.fileio import open_image_file
+    from vhdcore.writers import RawWriter
+
+    payload = bytearray(1 << 20)
+    payload[4096:8192] = b"\x7f" * 4096
+    source = tmp_path / "src.bin"
+    source.write_bytes(bytes(payload))
+    out_path = tmp_path / "out.raw"
+    out_path.touch()
+    out = open_image_file(out_path, writable=True)
+    writer = RawWriter(out)
+    writer.begin(len(payload))
+    with open(source, "rb") as handle:
+        stored = writer.copy(0, len(payload), handle.fileno(), 0)
+    writer.finish(len(payload))
+    out.close()
+    assert stored == 4096
+    assert out_path.read_bytes() == bytes(payload)
+    assert os.stat(out_path).st_blocks * 512 <= 64 * 1024

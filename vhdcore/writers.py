@@ -41,6 +41,7 @@ the layout the file writer would have produced.
 from __future__ import annotations
 
 import array
+import os
 from typing import Iterable, List, Optional
 
 from . import bat as batmod
@@ -147,6 +148,29 @@ class Writer:
     def data(self, offset: int, view) -> int:
         """Store a piece of the disk; returns the bytes stored as data."""
         raise NotImplementedError
+
+    #: Whether the conversion may hand pieces over as file ranges
+    #: (:meth:`copy`). No writer asks for it today: every piece is read, so
+    #: zero stretches inside it stay holes on disk.
+    can_copy = False
+
+    def copy(self, offset: int, length: int, fd: int, file_offset: int) -> int:
+        """Store ``length`` bytes of ``fd`` from ``file_offset`` as the disk's bytes at ``offset``.
+
+        Read in pieces and stored through :meth:`data`, so holes and the
+        byte count follow the same rule; returns the bytes stored as data.
+        """
+        stored = done = 0
+        while done < length:
+            piece = os.pread(fd, min(length - done, 4 << 20), file_offset + done)
+            if not piece:
+                raise ConversionError(
+                    f"the source ended early: {length - done} bytes missing at file offset "
+                    f"{file_offset + done} (was it truncated during the conversion?)"
+                )
+            stored += self.data(offset + done, memoryview(piece))
+            done += len(piece)
+        return stored
 
     def finish(self, virtual_size: int) -> int:
         """Write the trailing structures; returns the output's length in bytes."""
