@@ -696,14 +696,7 @@ class _Checker:
         A raw disk or another format's image is "could not check", not
         "corrupt"; :func:`vhdcore.probe.shows_vhd` lists what counts as a sign.
         """
-        size = self.size
-        head = self.read(0, min(size, probe.HEAD_SIZE), "start")
-        tails = [
-            self.read(size - length, length, "footer")
-            for length in (FOOTER_SIZE, LEGACY_FOOTER_SIZE) if size >= length
-        ]
-        if not probe.shows_vhd(head, tails):
-            raise probe.not_vhd_error(self.path, head)
+        probe.refuse_unless_vhd(self.path, self.read, self.size)
 
     def _report_bad_primary(self, primary, offset, cookie_ok, problems, raw) -> None:
         """The last sector is not a good footer: say what it holds."""

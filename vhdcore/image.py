@@ -200,15 +200,9 @@ class VHD:
         file_size = f.size()
         self.file_size = file_size
         self.footer_copy: Optional[Footer] = None
-        head = f.pread(0, min(file_size, probe.HEAD_SIZE), "start")
-        tails = [
-            f.pread(file_size - length, length, "footer")
-            for length in (FOOTER_SIZE, LEGACY_FOOTER_SIZE) if file_size >= length
-        ]
-        if not probe.shows_vhd(head, tails):
-            # A raw disk or another format's image, not a damaged VHD: say
-            # so, not what its last bytes hold.
-            raise probe.not_vhd_error(self.path, head)
+        # A raw disk or another format's image, not a damaged VHD: say so,
+        # not what its last bytes hold.
+        probe.refuse_unless_vhd(self.path, f.pread, file_size)
         if file_size < LEGACY_FOOTER_SIZE:
             raise FormatError(
                 f"{self.path}: file too small for a VHD ({file_size} bytes; a footer needs 512)"

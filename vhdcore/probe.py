@@ -19,7 +19,7 @@ import re
 import struct
 from typing import Callable, NamedTuple, Optional
 
-from .constants import DYNAMIC_COOKIE, FOOTER_COOKIE, FOOTER_SIZE
+from .constants import DYNAMIC_COOKIE, FOOTER_COOKIE, FOOTER_SIZE, LEGACY_FOOTER_SIZE
 from .errors import ForeignFormatError, NotVHDError
 
 #: Bytes of the file's start that :func:`identify` looks at.
@@ -133,6 +133,22 @@ def shows_vhd(head: bytes, tails) -> bool:
 
 #: A footer blktap's tapdisk overwrote while it had the image open.
 _KILLED_FOOTER = b"\xc7" * FOOTER_SIZE
+
+
+def refuse_unless_vhd(name, read, size: int) -> None:
+    """Raise :func:`not_vhd_error` when nothing in a file of ``size`` bytes belongs to a VHD.
+
+    ``read(offset, length, what) -> bytes`` is the caller's reader (an
+    ImageFile's ``pread``, or check's counting reader): open and check
+    apply the one rule, :func:`shows_vhd`, to the same bytes.
+    """
+    head = read(0, min(size, HEAD_SIZE), "start")
+    tails = [
+        read(size - length, length, "footer")
+        for length in (FOOTER_SIZE, LEGACY_FOOTER_SIZE) if size >= length
+    ]
+    if not shows_vhd(head, tails):
+        raise not_vhd_error(name, head)
 
 
 def read_head(path) -> bytes:
