@@ -966,36 +966,52 @@ def bat_encode(bat):
         PyBuffer_Release(&view)
 
 
+cdef int _bat_extents_args(Py_buffer* view, first_sector, sector_count, sectors_per_block,
+                           bitmap_bytes, int64_t* out) except -1:
+    """The argument checks both BAT-extent kernels share, in one order with one wording.
+
+    Fills ``out`` with first, count, sectors per block and bitmap bytes;
+    returns 1 for sizes no VHD has (a block of 1 TiB, say), whose products
+    could leave int64: the twin then does the work with Python ints.
+    """
+    first_sector = _index(first_sector, "first_sector")
+    sector_count = _index(sector_count, "sector_count")
+    sectors_per_block = _index(sectors_per_block, "sectors_per_block")
+    bitmap_bytes = _index(bitmap_bytes, "bitmap_bytes")
+    cdef int64_t first = _saturate(first_sector)
+    cdef int64_t count = _saturate(sector_count)
+    cdef int64_t per_block = _saturate(sectors_per_block)
+    cdef int64_t bitmap = _saturate(bitmap_bytes)
+    cdef int64_t entries = view.len // 4
+    if per_block <= 0:
+        raise ValueError(f"sectors_per_block must be positive, not {sectors_per_block}")
+    if bitmap < 0:
+        raise ValueError(f"bitmap_bytes must not be negative, not {bitmap_bytes}")
+    if per_block > (1 << 31) or bitmap > (1 << 40) or entries > (1 << 31):
+        return 1
+    _check_range(first, count, entries * per_block, first_sector, sector_count, "bat_extents")
+    out[0] = first
+    out[1] = count
+    out[2] = per_block
+    out[3] = bitmap
+    return 0
+
+
 def bat_extents(bat, first_sector, sector_count, sectors_per_block, bitmap_bytes):
     """Compiled twin of `_reference.bat_extents`."""
     cdef Py_buffer view
-    cdef int64_t first, count, per_block, bitmap, entries, end
+    cdef int64_t first, count, per_block, bitmap, end
     cdef int64_t runs[3 * RUN_BATCH]
     cdef Py_ssize_t got, i
+    cdef int64_t args[4]
     _acquire_uint32(bat, &view)
     try:
-        first_sector = _index(first_sector, "first_sector")
-        sector_count = _index(sector_count, "sector_count")
-        sectors_per_block = _index(sectors_per_block, "sectors_per_block")
-        bitmap_bytes = _index(bitmap_bytes, "bitmap_bytes")
-        first = _saturate(first_sector)
-        count = _saturate(sector_count)
-        per_block = _saturate(sectors_per_block)
-        bitmap = _saturate(bitmap_bytes)
-        entries = view.len // 4
-        if per_block <= 0:
-            raise ValueError(f"sectors_per_block must be positive, not {sectors_per_block}")
-        if bitmap < 0:
-            raise ValueError(f"bitmap_bytes must not be negative, not {bitmap_bytes}")
-        if per_block > (1 << 31) or bitmap > (1 << 40) or entries > (1 << 31):
-            # Sizes no VHD has (a block of 1 TiB, say): the products could
-            # leave int64, and the loop is short, so let the twin do it with
-            # Python ints.
+        if _bat_extents_args(&view, first_sector, sector_count, sectors_per_block,
+                             bitmap_bytes, args):
             return _reference.bat_extents(
                 bat, first_sector, sector_count, sectors_per_block, bitmap_bytes
             )
-        _check_range(first, count, entries * per_block, first_sector, sector_count,
-                     "bat_extents")
+        first, count, per_block, bitmap = args[0], args[1], args[2], args[3]
         end = first + count
         whole_block = per_block
         result = []
@@ -1021,7 +1037,7 @@ def bat_extents(bat, first_sector, sector_count, sectors_per_block, bitmap_bytes
 def bat_extents_array(bat, first_sector, sector_count, sectors_per_block, bitmap_bytes):
     """Compiled twin of `_reference.bat_extents_array`."""
     cdef Py_buffer view
-    cdef int64_t first, count, per_block, bitmap, entries, end
+    cdef int64_t first, count, per_block, bitmap, end
     cdef Py_ssize_t runs
     cdef const uint32_t* table
     cdef array.array sectors, counts, offsets
@@ -1029,30 +1045,16 @@ def bat_extents_array(bat, first_sector, sector_count, sectors_per_block, bitmap
     cdef int64_t* counts_p
     cdef int64_t* offsets_p
     cdef bint release
+    cdef int64_t args[4]
     _acquire_uint32(bat, &view)
     try:
-        # The checks of bat_extents, in its order and with its messages.
-        first_sector = _index(first_sector, "first_sector")
-        sector_count = _index(sector_count, "sector_count")
-        sectors_per_block = _index(sectors_per_block, "sectors_per_block")
-        bitmap_bytes = _index(bitmap_bytes, "bitmap_bytes")
-        first = _saturate(first_sector)
-        count = _saturate(sector_count)
-        per_block = _saturate(sectors_per_block)
-        bitmap = _saturate(bitmap_bytes)
-        entries = view.len // 4
-        if per_block <= 0:
-            raise ValueError(f"sectors_per_block must be positive, not {sectors_per_block}")
-        if bitmap < 0:
-            raise ValueError(f"bitmap_bytes must not be negative, not {bitmap_bytes}")
-        if per_block > (1 << 31) or bitmap > (1 << 40) or entries > (1 << 31):
-            # Sizes no VHD has: the twin does them with Python ints (and
-            # raises its OverflowError where an offset leaves int64).
+        if _bat_extents_args(&view, first_sector, sector_count, sectors_per_block,
+                             bitmap_bytes, args):
+            # The twin raises its OverflowError where an offset leaves int64.
             return _reference.bat_extents_array(
                 bat, first_sector, sector_count, sectors_per_block, bitmap_bytes
             )
-        _check_range(first, count, entries * per_block, first_sector, sector_count,
-                     "bat_extents")
+        first, count, per_block, bitmap = args[0], args[1], args[2], args[3]
         end = first + count
         table = <const uint32_t*>view.buf
         # Two passes, as in bitmap_runs_array: count, then fill exactly.
