@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from vhdcore import samples
 from vhdcore._backend import BACKEND
-from vhdcore.check import check
+from vhdcore.formats.vhd.check import check
+from vhdcore.testing import samples
 
 GiB = 1024**3
 BLOCK = 2 * 1024 * 1024

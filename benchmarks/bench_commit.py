@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import vhdcore
-from vhdcore.commit import commit
+from vhdcore.formats.vhd.commit import commit
 
 MiB = 1024 * 1024
 RUN = 128 * 1024

@@ -58,8 +58,8 @@ import numpy as np
 import pytest
 
 import vhdcore
-from vhdcore.rawimage import data_runs
-from vhdcore.sources import compare_images
+from vhdcore.disk.sources import compare_images
+from vhdcore.io.rawfile import data_runs
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -49,7 +49,6 @@ import tempfile
 import uuid as uuidlib
 import warnings
 
-
 try:
     import atheris
 except ImportError:  # pragma: no cover - the fallback engine still works
@@ -62,8 +61,8 @@ def _import_vhdcore():
 
     import vhdcore
     from vhdcore import errors
-    from vhdcore.image import VHDWarning
-    from vhdcore.info import describe
+    from vhdcore.formats.vhd.image import VHDWarning
+    from vhdcore.formats.vhd.info import describe
 
     def optional(name):
         try:
@@ -71,8 +70,8 @@ def _import_vhdcore():
         except ImportError:
             return None
 
-    check_module = optional("vhdcore.check")
-    convert_module = optional("vhdcore.convert")
+    check_module = optional("vhdcore.formats.vhd.check")
+    convert_module = optional("vhdcore.ops.convert")
 
 
 READ_LIMIT = 4 << 20

@@ -7,7 +7,7 @@ fuzzer's mutations land in metadata often. They are deterministic (fixed
 UUIDs, timestamps and data). The differencing seeds name ``base.vhd``,
 which the harness recreates in its work directory with the same UUID
 (:func:`fuzz_vhd.make_base`). Damaged variants are made the way
-:mod:`vhdcore.samples` damages its larger images: a field or a table
+:mod:`vhdcore.testing.samples` damages its larger images: a field or a table
 entry changed, with and without the checksum recomputed, a footer or copy
 cut or zeroed.
 """
@@ -40,7 +40,7 @@ def _valid(directory):
     out["fixed"] = p
     # 512-byte blocks, which readers must handle but ``create`` refuses
     # (qemu misreads them), are laid out by hand.
-    from vhdcore.samples import build_dynamic
+    from vhdcore.testing.samples import build_dynamic
 
     p = os.path.join(directory, "dyn512.vhd")
     build_dynamic(
@@ -71,8 +71,8 @@ def _valid(directory):
 
 
 def _damaged(name, raw):
-    from vhdcore.footer import Footer
-    from vhdcore.header import DynamicHeader
+    from vhdcore.formats.vhd.footer import Footer
+    from vhdcore.formats.vhd.header import DynamicHeader
 
     size = len(raw)
     variants = {}

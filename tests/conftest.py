@@ -113,7 +113,7 @@ def crasher(monkeypatch):
     afterwards, as the death of a process would. fsync is a no-op: a process
     crash loses nothing the kernel already has.
     """
-    from vhdcore import fileio
+    from vhdcore.io import imagefile as fileio
 
     state = {"limit": None, "count": 0, "files": []}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vhdcore.check import check
+from vhdcore.formats.vhd.check import check
 
 
 def random_writes(image, model, rng, count, max_len=200_000, zero_fraction=0.2):

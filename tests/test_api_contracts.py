@@ -12,12 +12,13 @@ import tracemalloc
 import pytest
 
 import vhdcore
-from vhdcore import errors, samples
-from vhdcore import repair as repair_module
-from vhdcore.check import check
-from vhdcore.compact import compact
-from vhdcore.repair import repair
-from vhdcore.snapshot import snapshot
+from vhdcore import errors
+from vhdcore.formats.vhd import repair as repair_module
+from vhdcore.formats.vhd.check import check
+from vhdcore.formats.vhd.compact import compact
+from vhdcore.formats.vhd.repair import repair
+from vhdcore.formats.vhd.snapshot import snapshot
+from vhdcore.testing import samples
 
 MiB = 1024 * 1024
 
@@ -336,7 +337,7 @@ import sys
 
 class Interrupt:
     def find_spec(self, name, path=None, target=None):
-        if name == "vhdcore.convert":
+        if name == "vhdcore.ops.convert":
             raise KeyboardInterrupt
 
 sys.meta_path.insert(0, Interrupt())

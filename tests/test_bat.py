@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vhdcore._backend import kernels
-from vhdcore.bat import (
+from vhdcore.errors import CorruptImageError
+from vhdcore.formats.vhd.bat import (
     MAX_REPORTED,
     bat_bytes,
     bitmap_bytes_for,
@@ -17,11 +18,10 @@ from vhdcore.bat import (
     metadata_end,
     validate_bat,
 )
-from vhdcore.batmap import Batmap
-from vhdcore.constants import BAT_UNUSED, DISK_DYNAMIC
-from vhdcore.errors import CorruptImageError
-from vhdcore.footer import Footer
-from vhdcore.header import DynamicHeader, ParentLocator
+from vhdcore.formats.vhd.batmap import Batmap
+from vhdcore.formats.vhd.constants import BAT_UNUSED, DISK_DYNAMIC
+from vhdcore.formats.vhd.footer import Footer
+from vhdcore.formats.vhd.header import DynamicHeader, ParentLocator
 from vhdcore.problems import raise_for
 
 MiB = 1024 * 1024

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import vhdcore
-from vhdcore.bat import metadata_end
-from vhdcore.batmap import (
+from vhdcore.errors import ChecksumError, FormatError, UnsupportedError
+from vhdcore.formats.vhd.bat import metadata_end
+from vhdcore.formats.vhd.batmap import (
     BATMAP_VERSION_1_1,
     BATMAP_VERSION_1_2,
     Batmap,
@@ -19,10 +20,9 @@ from vhdcore.batmap import (
     expects_batmap,
     find_batmap,
 )
-from vhdcore.constants import BAT_UNUSED, DISK_DYNAMIC, DISK_FIXED
-from vhdcore.errors import ChecksumError, FormatError, UnsupportedError
-from vhdcore.footer import Footer
-from vhdcore.header import DynamicHeader
+from vhdcore.formats.vhd.constants import BAT_UNUSED, DISK_DYNAMIC, DISK_FIXED
+from vhdcore.formats.vhd.footer import Footer
+from vhdcore.formats.vhd.header import DynamicHeader
 from vhdcore.problems import raise_for
 
 MiB = 1024 * 1024
@@ -209,8 +209,8 @@ def test_rule_full_blocks_are_allocated():
 
 def test_allocating_a_block_clears_its_stale_full_bit(tmp_path):
     """A block allocated again must not inherit a "full" hint (blktap would skip its bitmap)."""
-    from vhdcore import samples
-    from vhdcore.check import check
+    from vhdcore.formats.vhd.check import check
+    from vhdcore.testing import samples
 
     sample = samples.generate("batmap_unallocated_full", tmp_path)  # block 1 marked full
     assert check(sample.path).exit_code == 2
@@ -222,9 +222,9 @@ def test_allocating_a_block_clears_its_stale_full_bit(tmp_path):
 
 
 def test_shrink_clears_the_bits_of_released_blocks(tmp_path):
-    from vhdcore import samples
-    from vhdcore.check import check
-    from vhdcore.resize import resize
+    from vhdcore.formats.vhd.check import check
+    from vhdcore.formats.vhd.resize import resize
+    from vhdcore.testing import samples
 
     path = samples.build_dynamic(tmp_path / "tap.vhd", name="tap", size=64 * MiB, blktap=True,
                                  blocks={}, full_blocks=range(32))
@@ -236,9 +236,9 @@ def test_shrink_clears_the_bits_of_released_blocks(tmp_path):
 
 
 def test_compact_copy_drops_stale_bits(tmp_path):
-    from vhdcore import samples
-    from vhdcore.check import check
-    from vhdcore.compact import compact
+    from vhdcore.formats.vhd.check import check
+    from vhdcore.formats.vhd.compact import compact
+    from vhdcore.testing import samples
 
     sample = samples.generate("batmap_unallocated_full", tmp_path)  # block 1 marked full
     compact(sample.path, output=tmp_path / "copy.vhd")

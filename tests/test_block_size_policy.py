@@ -14,7 +14,7 @@ import pytest
 
 import vhdcore
 from vhdcore.errors import LimitError, VHDError
-from vhdcore.samples import build_dynamic
+from vhdcore.testing.samples import build_dynamic
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -135,7 +135,7 @@ def test_a_child_takes_its_parents_block_size_unless_told(tmp_path):
 
 
 def test_check_warns_on_an_image_qemu_misreads(tmp_path, cli):
-    from vhdcore.check import check
+    from vhdcore.formats.vhd.check import check
 
     small = build_dynamic(tmp_path / "s.vhd", name="s", size=64 * KiB, block_size=2 * KiB,
                           blocks={0: [(0, _pattern(2 * KiB))]})

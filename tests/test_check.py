@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 import vhdcore
-from vhdcore import samples
 from vhdcore._backend import BACKEND
-from vhdcore.check import CheckReport, check
-from vhdcore.footer import Footer
+from vhdcore.formats.vhd.check import CheckReport, check
+from vhdcore.formats.vhd.footer import Footer
+from vhdcore.testing import samples
 
 MiB = 1024 * 1024
 
@@ -168,7 +168,7 @@ def test_an_entry_thrown_over_the_header_blames_only_itself(tmp_path):
 
 def test_many_bad_entries_are_summarised(tmp_path):
     path = samples.build_full_dynamic(tmp_path / "f.vhd", 200 * MiB)
-    header = vhdcore.header.DynamicHeader.from_bytes(path.read_bytes()[512:1536])
+    header = vhdcore.formats.vhd.header.DynamicHeader.from_bytes(path.read_bytes()[512:1536])
     with open(path, "r+b") as handle:
         handle.seek(header.table_offset)
         handle.write(b"\0\0\0\0" * 40)

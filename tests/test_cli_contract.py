@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import vhdcore
-from vhdcore import errors, samples
+from vhdcore import errors
 from vhdcore.cli import EXIT_CODES, EXIT_USAGE, command_names
+from vhdcore.testing import samples
 
 MiB = 1024 * 1024
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -106,7 +106,7 @@ def test_a_command_imports_only_its_own_module(tmp_path):
         "import sys\n"
         "from vhdcore import cli\n"
         f"status = cli.main(['info', {str(image)!r}, '--json'])\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith('vhdcore.commands.'))\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('vhdcore.cli.'))\n"
         "print(loaded, file=sys.stderr)\n"
         "sys.exit(status)\n"
     )
@@ -114,7 +114,7 @@ def test_a_command_imports_only_its_own_module(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["virtual_size"] == 1 << 20
     loaded = done.stderr.strip().splitlines()[-1]
-    assert loaded == "['vhdcore.commands._common', 'vhdcore.commands.info']"
+    assert loaded == "['vhdcore.cli._common', 'vhdcore.cli.info']"
 
 
 def test_help_still_lists_every_command(cli_process):

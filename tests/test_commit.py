@@ -6,14 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from helpers import assert_checks_clean
+from helpers import random_writes as _random_writes
 
 import vhdcore
 from vhdcore import errors
-from vhdcore.commit import commit
-from vhdcore.snapshot import snapshot
-
-from helpers import assert_checks_clean
-from helpers import random_writes as _random_writes
+from vhdcore.formats.vhd.commit import commit
+from vhdcore.formats.vhd.snapshot import snapshot
 
 MiB = 1024 * 1024
 

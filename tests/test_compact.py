@@ -6,14 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from helpers import assert_checks_clean
+from helpers import random_writes as _random_writes
 
 import vhdcore
 from vhdcore import errors
-from vhdcore.check import check
-from vhdcore.compact import compact
-
-from helpers import assert_checks_clean
-from helpers import random_writes as _random_writes
+from vhdcore.formats.vhd.check import check
+from vhdcore.formats.vhd.compact import compact
 
 MiB = 1024 * 1024
 
@@ -205,10 +204,10 @@ def test_crash_at_every_write(tmp_path, rng, crasher, kind):
 def test_blktap_batmap_bits_follow_dropped_blocks(tmp_path):
     import dataclasses
 
-    from vhdcore.bat import bat_bytes
-    from vhdcore.batmap import Batmap
-    from vhdcore.footer import Footer
-    from vhdcore.header import DynamicHeader
+    from vhdcore.formats.vhd.bat import bat_bytes
+    from vhdcore.formats.vhd.batmap import Batmap
+    from vhdcore.formats.vhd.footer import Footer
+    from vhdcore.formats.vhd.header import DynamicHeader
 
     path = tmp_path / "tap.vhd"
     vhdcore.create(path, 4 * MiB, block_size=MiB).close()

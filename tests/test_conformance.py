@@ -19,10 +19,10 @@ import pytest
 
 import vhdcore
 from vhdcore import formats
+from vhdcore.disk.extent import DATA, PARENT, STATES, ZERO
 from vhdcore.disk.virtual import Sink, VirtualDisk
 from vhdcore.errors import ImageError
-from vhdcore.extent import DATA, PARENT, STATES, ZERO
-from vhdcore.fileio import open_image_file
+from vhdcore.io.imagefile import open_image_file
 
 MiB = 1 << 20
 SIZE = 6 * MiB

@@ -19,12 +19,12 @@ import uuid as uuidlib
 import pytest
 
 import vhdcore
-from vhdcore.constants import BAT_UNUSED, FOOTER_COOKIE
-from vhdcore.convert import convert
+from vhdcore.disk.sources import RawFileSource, Source, VHDSource
 from vhdcore.errors import ConversionError, LimitError, UnsupportedError, VHDError
-from vhdcore.footer import Footer
-from vhdcore.header import DynamicHeader
-from vhdcore.sources import RawFileSource, Source, VHDSource
+from vhdcore.formats.vhd.constants import BAT_UNUSED, FOOTER_COOKIE
+from vhdcore.formats.vhd.footer import Footer
+from vhdcore.formats.vhd.header import DynamicHeader
+from vhdcore.ops.convert import convert
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -204,7 +204,7 @@ def test_block_size_option(tmp_path, sample, peers, cli):
 
 
 def test_outputs_check_clean(tmp_path, sample, cli, cli_process):
-    pytest.importorskip("vhdcore.check")
+    pytest.importorskip("vhdcore.formats.vhd.check")
     outputs = []
     for fmt in ("fixed", "dynamic"):
         outputs.append(tmp_path / f"{fmt}.vhd")
@@ -389,7 +389,7 @@ def test_azure_refuses_more_than_32_tib(tmp_path):
 
 def test_azure_accepts_32_tib_and_says_which_tools_will_not_open_it():
     # ext4 cannot hold a 32 TiB file (its limit is 16 TiB), so check the sizing step.
-    from vhdcore.convert import _output_size
+    from vhdcore.ops.convert import _output_size
 
     notes = []
     assert _output_size(32 << 40, "fixed", True, notes) == 32 << 40

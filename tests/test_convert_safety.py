@@ -5,7 +5,7 @@ only when complete and fsynced. An exception, Ctrl-C or SIGTERM removes the
 temporary file; SIGKILL cannot be caught, so it may leave the temporary
 file (never DST), and the next conversion to the same DST removes it unless
 a live conversion holds it locked. (Every crash point of the writers under
-``vhdcore.faults`` is covered in ``test_faults.py``.)
+``vhdcore.testing.faults`` is covered in ``test_faults.py``.)
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import time
 
 import pytest
 
-from vhdcore import faults
-from vhdcore.convert import convert, remove_stale_temps
-from vhdcore.fileio import open_image_file
-from vhdcore.writers import DynamicWriter, RawWriter
+from vhdcore.disk.writers import DynamicWriter, RawWriter
+from vhdcore.io.imagefile import open_image_file
+from vhdcore.ops.convert import convert, remove_stale_temps
+from vhdcore.testing import faults
 
 KiB = 1024
 MiB = 1024 * KiB

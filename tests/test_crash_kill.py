@@ -146,7 +146,7 @@ def test_kill_during_convert_leaves_no_destination(pristine, tmp_path, fmt):
 
 
 def test_kill_during_commit_leaves_a_consistent_parent(pristine, tmp_path):
-    from vhdcore import check
+    from vhdcore.formats.vhd import check
 
     work = _fresh(pristine, tmp_path)
     old_parent = np.frombuffer(_content(work / "parent.vhd"), dtype=np.uint8)

@@ -17,10 +17,10 @@ import tempfile
 
 import pytest
 
-from vhdcore import samples
-from vhdcore.check import check
 from vhdcore.errors import NotVHDError
-from vhdcore.repair import read_backup, repair, undo
+from vhdcore.formats.vhd.check import check
+from vhdcore.formats.vhd.repair import read_backup, repair, undo
+from vhdcore.testing import samples
 
 ALL = [*samples.VALID, *samples.DAMAGED]
 
@@ -298,7 +298,7 @@ UNSAMPLED = {
 
 
 def test_codes_are_documented_and_sampled(tmp_path):
-    from vhdcore.check import PROBLEM_CODES
+    from vhdcore.formats.vhd.check import PROBLEM_CODES
 
     emitted = set()
     for sample in samples.generate_all(tmp_path, "all"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from vhdcore.commands.demo import make_sample
+from vhdcore.cli.demo import make_sample
 
 MiB = 1024 * 1024
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import vhdcore
-from vhdcore.digest import Hasher, digest, digest_report
+from vhdcore.ops.digest import Hasher, digest, digest_report
 
 KiB = 1024
 MiB = 1024 * KiB

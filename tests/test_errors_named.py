@@ -18,9 +18,9 @@ import subprocess
 import pytest
 
 import vhdcore
-from vhdcore import faults
-from vhdcore.check import check
 from vhdcore.errors import StorageError, VHDError
+from vhdcore.formats.vhd.check import check
+from vhdcore.testing import faults
 
 MiB = 1 << 20
 TEMP_MARK = "vhdcore-tmp"
@@ -258,7 +258,7 @@ def _fill(directory):
 
 
 def test_repair_with_no_room_for_its_backup_names_it_and_changes_nothing(full_fs, cli):
-    from vhdcore import samples
+    from vhdcore.testing import samples
 
     sample = samples.generate("footer_bad_checksum", full_fs)
     before = sample.path.read_bytes()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import vhdcore
-from vhdcore.extent import DATA, PARENT, ZERO, Extent, append_extent
+from vhdcore.disk.extent import DATA, PARENT, ZERO, Extent, append_extent
 
 BLOCK = 512 * 1024
 BLOCKS = 24

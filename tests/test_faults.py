@@ -36,10 +36,11 @@ import numpy as np
 import pytest
 
 import vhdcore
-from vhdcore import check, commit, compact, faults, repair, resize, samples
-from vhdcore.convert import convert
-from vhdcore.faults import SimulatedCrash
-from vhdcore.image import VHDWarning
+from vhdcore.formats.vhd import check, commit, compact, repair, resize
+from vhdcore.formats.vhd.image import VHDWarning
+from vhdcore.ops.convert import convert
+from vhdcore.testing import faults, samples
+from vhdcore.testing.faults import SimulatedCrash
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -407,7 +408,7 @@ def test_a_small_read_inside_one_block_is_seen_by_fault_injection(tmp_path):
 
 def test_imagefile_finishes_short_writes(tmp_path, monkeypatch):
     """fileio.ImageFile loops over short pwrite results instead of losing bytes."""
-    from vhdcore import fileio
+    from vhdcore.io import imagefile as fileio
 
     real = os.pwrite
     calls = []
@@ -687,7 +688,7 @@ def test_repair_crash_at_every_operation(tmp_path, name):
 
 
 # ---------------------------------------------------------------------------
-# regressions for what these tests found in the engine (vhdcore/image.py)
+# regressions for what these tests found in the engine (vhdcore/formats/vhd/image.py)
 
 
 def _op_numbers(plan, kind="write"):

@@ -9,15 +9,6 @@ import uuid
 import numpy as np
 import pytest
 
-from vhdcore.constants import (
-    DISK_DIFFERENCING,
-    DISK_DYNAMIC,
-    DISK_FIXED,
-    FIXED_DATA_OFFSET,
-    MAX_DYNAMIC_SIZE,
-    MAX_FIXED_SIZE,
-    VHD_EPOCH,
-)
 from vhdcore.errors import (
     ChecksumError,
     CorruptImageError,
@@ -26,8 +17,17 @@ from vhdcore.errors import (
     UnsupportedError,
     VHDError,
 )
-from vhdcore.footer import Footer, footer_offset_for, unix_time, vhd_timestamp
-from vhdcore.geometry import MAX_GEOMETRY, Geometry, chs_for_sectors
+from vhdcore.formats.vhd.constants import (
+    DISK_DIFFERENCING,
+    DISK_DYNAMIC,
+    DISK_FIXED,
+    FIXED_DATA_OFFSET,
+    MAX_DYNAMIC_SIZE,
+    MAX_FIXED_SIZE,
+    VHD_EPOCH,
+)
+from vhdcore.formats.vhd.footer import Footer, footer_offset_for, unix_time, vhd_timestamp
+from vhdcore.formats.vhd.geometry import MAX_GEOMETRY, Geometry, chs_for_sectors
 from vhdcore.problems import Problem, raise_for
 
 MiB = 1024 * 1024

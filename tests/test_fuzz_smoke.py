@@ -93,7 +93,7 @@ def _fixed(tmp_path, size=8 * KiB):
 
 
 def _patch_footer(path, offset, value: bytes, fix_checksum=True):
-    from vhdcore.footer import Footer
+    from vhdcore.formats.vhd.footer import Footer
 
     raw = bytearray(path.read_bytes())
     at = len(raw) - 512

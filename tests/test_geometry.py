@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from vhdcore.constants import MAX_CHS_SECTORS
-from vhdcore.geometry import (
+from vhdcore.formats.vhd.constants import MAX_CHS_SECTORS
+from vhdcore.formats.vhd.geometry import (
     MAX_GEOMETRY,
     Geometry,
     chs_covering,
@@ -122,7 +122,7 @@ def test_virtual_size_follows_the_rule():
 @pytest.mark.peer
 @pytest.mark.parametrize("size", ["1M", "64M", "1000M", "10G", "40G"])
 def test_qemu_img_geometry_is_chs_covering(peers, tmp_path, size):
-    from vhdcore.footer import Footer
+    from vhdcore.formats.vhd.footer import Footer
     from vhdcore.sizes import parse_size
 
     path = tmp_path / "x.vhd"

@@ -8,7 +8,6 @@ import uuid
 import numpy as np
 import pytest
 
-from vhdcore.constants import DISK_DIFFERENCING, DISK_DYNAMIC, MAX_BLOCK_SIZE
 from vhdcore.errors import (
     ChecksumError,
     CorruptImageError,
@@ -17,7 +16,8 @@ from vhdcore.errors import (
     UnsupportedError,
     VHDError,
 )
-from vhdcore.header import (
+from vhdcore.formats.vhd.constants import DISK_DIFFERENCING, DISK_DYNAMIC, MAX_BLOCK_SIZE
+from vhdcore.formats.vhd.header import (
     DynamicHeader,
     ParentLocator,
     decode_parent_name,

@@ -7,12 +7,11 @@ import os
 import shutil
 
 import pytest
+from helpers import random_writes as _random_writes
 
 import vhdcore
 from vhdcore import errors
-from vhdcore.extent import Extent
-
-from helpers import random_writes as _random_writes
+from vhdcore.disk.extent import Extent
 
 MiB = 1024 * 1024
 
@@ -274,7 +273,7 @@ def test_damaged_primary_footer_opens_read_only_from_copy(tmp_path):
     with open(path, "r+b") as raw:
         raw.seek(size - 512 + 70)
         raw.write(b"\x01\x02")  # corrupt the UUID: checksum now wrong
-    with pytest.warns(vhdcore.image.VHDWarning):
+    with pytest.warns(vhdcore.formats.vhd.image.VHDWarning):
         with vhdcore.open(path) as image:
             assert image.read(0, 4) == b"data"
             assert any("copy at offset 0" in n for n in image.notes)

@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 
 import vhdcore
-from vhdcore import samples
-from vhdcore.bat import bat_bytes, bitmap_bytes_for
-from vhdcore.batmap import BATMAP_VERSION_1_2, Batmap
-from vhdcore.check import check
-from vhdcore.commit import commit
-from vhdcore.compact import compact
-from vhdcore.constants import BAT_UNUSED, BATMAP_COOKIE, DISK_DYNAMIC
-from vhdcore.footer import Footer
-from vhdcore.header import DynamicHeader
-from vhdcore.rebase import rebase
-from vhdcore.repair import repair
-from vhdcore.resize import resize
-from vhdcore.snapshot import snapshot
+from vhdcore.formats.vhd.bat import bat_bytes, bitmap_bytes_for
+from vhdcore.formats.vhd.batmap import BATMAP_VERSION_1_2, Batmap
+from vhdcore.formats.vhd.check import check
+from vhdcore.formats.vhd.commit import commit
+from vhdcore.formats.vhd.compact import compact
+from vhdcore.formats.vhd.constants import BAT_UNUSED, BATMAP_COOKIE, DISK_DYNAMIC
+from vhdcore.formats.vhd.footer import Footer
+from vhdcore.formats.vhd.header import DynamicHeader
+from vhdcore.formats.vhd.rebase import rebase
+from vhdcore.formats.vhd.repair import repair
+from vhdcore.formats.vhd.resize import resize
+from vhdcore.formats.vhd.snapshot import snapshot
+from vhdcore.testing import samples
 
 MiB = 1024 * 1024
 SIZE = 24 * MiB

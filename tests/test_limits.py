@@ -9,7 +9,7 @@ figures are the process's own.
 
 Chains: the depth is bounded (30 by default, ``max_chain_depth`` /
 ``--max-chain-depth`` to change it), loops of any length are refused, and
-parents are confined by the policy of :mod:`vhdcore.chain` (see also
+parents are confined by the policy of :mod:`vhdcore.formats.vhd.chain` (see also
 tests/test_parent_policy.py and tests/test_image.py, which this file does
 not repeat).
 """
@@ -30,8 +30,8 @@ import pytest
 
 import vhdcore
 from vhdcore import errors
-from vhdcore.footer import Footer
-from vhdcore.header import DynamicHeader
+from vhdcore.formats.vhd.footer import Footer
+from vhdcore.formats.vhd.header import DynamicHeader
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -73,7 +73,7 @@ def _measure(script: str, tmp_path) -> dict:
         import json, resource, sys, time
         import vhdcore
         from vhdcore import errors
-        import vhdcore.check, vhdcore.info
+        import vhdcore.formats.vhd.check, vhdcore.formats.vhd.info
         def rss():
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         before = rss()
@@ -111,7 +111,7 @@ def test_max_table_entries_all_ones_fails_before_allocating(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < MiB, f"refusing a 16 GiB table took {peak} bytes"
-    from vhdcore import check
+    from vhdcore.formats.vhd import check
 
     report = check.check(path)
     assert "header.table_size" in report.codes
@@ -151,13 +151,13 @@ def test_2040g_dynamic_in_a_tiny_file_opens_with_bounded_memory_and_time(tmp_pat
         import random
         with vhdcore.open({str(path)!r}) as image:
             assert image.virtual_size == {MAX_DYNAMIC}
-            vhdcore.info.describe(image)
+            vhdcore.formats.vhd.info.describe(image)
             extents = image.extents()
             assert len(extents) == 1 and extents[0].state == "zero"
             rng = random.Random(1)
             for _ in range(64):
                 assert image.read(rng.randrange(0, image.virtual_size - 497), 497) == bytes(497)
-        report = vhdcore.check.check({str(path)!r}, deep=True)
+        report = vhdcore.formats.vhd.check.check({str(path)!r}, deep=True)
         assert report.clean, report.errors
         outcome = "opened"
         """,
@@ -176,7 +176,7 @@ def test_2040g_declared_everything_refused_fast_in_a_10k_file(tmp_path):
     got = _measure(f"vhdcore.open({str(path)!r})\noutcome = 'opened'", tmp_path)
     assert got["outcome"].startswith("refused"), got
     assert got["rss"] < RSS_BUDGET and got["seconds"] < 5, got
-    got = _measure(f"report = vhdcore.check.check({str(path)!r}, deep=True)\n"
+    got = _measure(f"report = vhdcore.formats.vhd.check.check({str(path)!r}, deep=True)\n"
                    "outcome = 'checked' if report.errors else 'clean'", tmp_path)
     assert got["outcome"] == "checked", got
     assert got["rss"] < RSS_BUDGET and got["seconds"] < 5, got
@@ -258,7 +258,7 @@ def test_locator_sizes_cannot_drive_reads(tmp_path, field, value):
                 image.read(0, 6)
             outcome = "opened"
         finally:
-            vhdcore.check.check({str(child)!r}, parents=True)
+            vhdcore.formats.vhd.check.check({str(child)!r}, parents=True)
         """,
         tmp_path,
     )
@@ -296,7 +296,7 @@ def test_depth_31_chain_refused_by_default_and_allowed_on_request(tmp_path, cli)
     assert code != 0 and "deeper than the limit" in err and len(err.strip().splitlines()) == 1
     code, out, _ = cli("info", leaf, "--max-chain-depth", "31")
     assert code == 0, out
-    from vhdcore import check
+    from vhdcore.formats.vhd import check
 
     assert not check.check(leaf, parents=True).clean
     assert check.check(leaf, parents=True, max_chain_depth=31).clean
@@ -318,7 +318,7 @@ def test_chain_of_three_that_loops_is_refused(tmp_path):
     for leaf in ("a", "b", "c"):
         with pytest.raises(errors.ChainLoopError, match="loop"):
             vhdcore.open(tmp_path / f"{leaf}.vhd")
-        from vhdcore import check
+        from vhdcore.formats.vhd import check
 
         assert not check.check(tmp_path / f"{leaf}.vhd", parents=True).clean
     assert time.monotonic() - started < 10

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from vhdcore.errors import FormatError, UnsupportedError
-from vhdcore.header import DynamicHeader, ParentLocator
-from vhdcore.locators import (
+from vhdcore.formats.vhd.header import DynamicHeader, ParentLocator
+from vhdcore.formats.vhd.locators import (
     candidate_paths,
     decode_locator,
     encode_locator,

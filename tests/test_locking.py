@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 import vhdcore
-from vhdcore import commit, compact, errors, repair, resize
+from vhdcore import errors
+from vhdcore.formats.vhd import commit, compact, repair, resize
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -2,7 +2,7 @@
 
 Each case takes a small valid image (fixed, dynamic with many small blocks,
 differencing over a dynamic parent, and the blktap and differencing layouts
-of :mod:`vhdcore.samples`), changes one field (or a few bytes) of its
+of :mod:`vhdcore.testing.samples`), changes one field (or a few bytes) of its
 metadata, optionally recomputes the checksum so the change gets past it
 (and copies the changed footer to both places, so it also gets past the
 primary/copy comparison), and runs every reader over it:
@@ -46,12 +46,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vhdcore
-from vhdcore import check, errors, samples
-from vhdcore.convert import convert
-from vhdcore.footer import Footer
-from vhdcore.header import DynamicHeader
-from vhdcore.image import VHDWarning
-from vhdcore.info import describe
+from vhdcore import errors
+from vhdcore.formats.vhd import check
+from vhdcore.formats.vhd.footer import Footer
+from vhdcore.formats.vhd.header import DynamicHeader
+from vhdcore.formats.vhd.image import VHDWarning
+from vhdcore.formats.vhd.info import describe
+from vhdcore.ops.convert import convert
+from vhdcore.testing import samples
 
 KiB = 1024
 MiB = 1024 * KiB

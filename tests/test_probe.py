@@ -13,9 +13,9 @@ import struct
 import pytest
 
 import vhdcore
-from vhdcore import probe
-from vhdcore.check import check
 from vhdcore.errors import ForeignFormatError, NotVHDError
+from vhdcore.formats import probe
+from vhdcore.formats.vhd.check import check
 
 MiB = 1 << 20
 

@@ -6,17 +6,16 @@ import json
 import shutil
 
 import pytest
+from helpers import assert_checks_clean
+from helpers import random_writes as _random_writes
 
 import vhdcore
 from vhdcore import errors
-from vhdcore.chain import locator_payloads
-from vhdcore.check import check
-from vhdcore.extent import DATA
-from vhdcore.locators import decode_locator
-from vhdcore.rebase import rebase
-
-from helpers import assert_checks_clean
-from helpers import random_writes as _random_writes
+from vhdcore.disk.extent import DATA
+from vhdcore.formats.vhd.chain import locator_payloads
+from vhdcore.formats.vhd.check import check
+from vhdcore.formats.vhd.locators import decode_locator
+from vhdcore.formats.vhd.rebase import rebase
 
 MiB = 1024 * 1024
 

@@ -13,11 +13,12 @@ import os
 import pytest
 
 import vhdcore
-from vhdcore import fileio, samples
-from vhdcore.check import check
 from vhdcore.errors import FormatError, LockedError
-from vhdcore.footer import Footer
-from vhdcore.repair import BACKUP_MAGIC, read_backup, repair, undo, write_backup
+from vhdcore.formats.vhd.check import check
+from vhdcore.formats.vhd.footer import Footer
+from vhdcore.formats.vhd.repair import BACKUP_MAGIC, read_backup, repair, undo, write_backup
+from vhdcore.io import imagefile as fileio
+from vhdcore.testing import samples
 
 
 def _sha(path) -> str:
@@ -152,7 +153,7 @@ def test_force_is_needed_for_a_copy_that_disagrees_in_size(tmp_path, cli):
 
 
 def test_truncation_beyond_the_backup_limit_needs_force(tmp_path, monkeypatch):
-    from vhdcore import repair as repair_module
+    from vhdcore.formats.vhd import repair as repair_module
 
     monkeypatch.setattr(repair_module, "MAX_BACKUP_TAIL", 512)
     sample = samples.generate("trailing_garbage", tmp_path)
@@ -250,7 +251,7 @@ def test_a_crash_mid_repair_leaves_the_image_no_worse(tmp_path, monkeypatch, nam
 
 def test_interrupted_resize_copy_is_a_warning_that_repair_fixes(tmp_path):
     """A copy at offset 0 left with the old size (a resize cut between its footer writes)."""
-    from vhdcore.resize import resize
+    from vhdcore.formats.vhd.resize import resize
 
     path = tmp_path / "grown.vhd"
     with vhdcore.create(path, 4 * 1024 * 1024) as image:

@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from helpers import assert_checks_clean
+from helpers import random_writes as _random_writes
 
 import vhdcore
 from vhdcore import errors
-from vhdcore.resize import resize
-
-from helpers import assert_checks_clean
-from helpers import random_writes as _random_writes
+from vhdcore.formats.vhd.resize import resize
 
 MiB = 1024 * 1024
 
@@ -251,10 +250,10 @@ def tap_image(path, size, block_size):
     """A blktap-style dynamic image: creator ``tap`` 1.3 and a batmap after the BAT."""
     import dataclasses
 
-    from vhdcore.bat import bat_bytes
-    from vhdcore.batmap import Batmap
-    from vhdcore.footer import Footer
-    from vhdcore.header import DynamicHeader
+    from vhdcore.formats.vhd.bat import bat_bytes
+    from vhdcore.formats.vhd.batmap import Batmap
+    from vhdcore.formats.vhd.footer import Footer
+    from vhdcore.formats.vhd.header import DynamicHeader
 
     vhdcore.create(path, size, block_size=block_size).close()
     data = bytearray(path.read_bytes())

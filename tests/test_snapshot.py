@@ -9,8 +9,8 @@ import pytest
 
 import vhdcore
 from vhdcore import errors
-from vhdcore.commit import commit
-from vhdcore.snapshot import snapshot
+from vhdcore.formats.vhd.commit import commit
+from vhdcore.formats.vhd.snapshot import snapshot
 
 MiB = 1024 * 1024
 

@@ -15,9 +15,9 @@ import sys
 
 import vhdcore
 from vhdcore import convert
-from vhdcore.compact import compact
-from vhdcore.resize import resize
-from vhdcore.sources import compare_images
+from vhdcore.disk.sources import compare_images
+from vhdcore.formats.vhd.compact import compact
+from vhdcore.formats.vhd.resize import resize
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -162,8 +162,8 @@ def test_stdout_over_existing_bytes_writes_its_zeros(tmp_path, rng):
 
 def test_a_writer_copy_stores_what_data_would(tmp_path):
     """Writer.copy (the sink's file-range entry) reads the range and keeps zeros as holes."""
-    from vhdcore.fileio import open_image_file
-    from vhdcore.writers import RawWriter
+    from vhdcore.disk.writers import RawWriter
+    from vhdcore.io.imagefile import open_image_file
 
     payload = bytearray(1 << 20)
     payload[4096:8192] = b"\x7f" * 4096

@@ -23,9 +23,9 @@ import pytest
 
 import vhdcore
 from vhdcore import errors
-from vhdcore.check import check
-from vhdcore.convert import convert
-from vhdcore.snapshot import snapshot
+from vhdcore.formats.vhd.check import check
+from vhdcore.formats.vhd.snapshot import snapshot
+from vhdcore.ops.convert import convert
 
 MiB = 1 << 20
 BLOCK = 2 * MiB
@@ -243,7 +243,7 @@ def test_convert_xen_to_stdout_matches_the_file(tmp_path, rng):
     fixed_id = uuid_module.UUID(int=7)
     convert(src, tmp_path / "file.vhd", xen=True, uuid=fixed_id, timestamp=1000)
     code = (
-        "import sys, uuid; from vhdcore.convert import convert; "
+        "import sys, uuid; from vhdcore.ops.convert import convert; "
         f"convert({str(src)!r}, '-', xen=True, uuid=uuid.UUID(int=7), timestamp=1000)"
     )
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(vhdcore.__file__)))
@@ -367,7 +367,7 @@ def test_info_shows_hidden_flag_and_batmap(tmp_path, cli):
 
 def _set_hidden(path, value, where):
     """Set blktap's hidden byte (footer offset 85) in the footers at ``where``, checksum fixed."""
-    from vhdcore.footer import Footer
+    from vhdcore.formats.vhd.footer import Footer
 
     for offset in where:
         footer = Footer.from_bytes(read_at(path, offset, 512))
@@ -388,7 +388,7 @@ def test_info_reads_hidden_as_blktap_does(tmp_path, cli):
     assert "hidden (blktap): yes" in out
     assert json.loads(cli("info", path, "--json")[1])["hidden"] == 1
     # tap 1.1 kept the flag in the copy at offset 0 only (vhd_hidden).
-    from vhdcore.footer import Footer
+    from vhdcore.formats.vhd.footer import Footer
 
     for offset, hidden in ((0, 1), (end, 0)):
         footer = Footer.from_bytes(read_at(path, offset, 512))

@@ -25,10 +25,10 @@ def _started_as_the_cli() -> bool:
 try:
     from . import errors
     from ._backend import BACKEND
-    from .convert import convert
-    from .create import create
     from .errors import ImageError, VHDError
-    from .image import VHD, open
+    from .formats.vhd.create import create
+    from .formats.vhd.image import VHD, open
+    from .ops.convert import convert
 except KeyboardInterrupt:
     # Ctrl-C while the command's modules load: one line and 130, as any
     # later Ctrl-C; a program importing the library gets the interrupt.

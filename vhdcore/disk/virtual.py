@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Protocol, Sequence, runtime_checkable
 
-from ..extent import Extent
+from .extent import Extent
 
 
 @runtime_checkable
@@ -36,7 +36,7 @@ class VirtualDisk(Protocol):
     def extents(self, offset: int = 0, length: Optional[int] = None) -> List[Extent]:
         """The allocation of ``[offset, offset + length)``, in order, with no gaps.
 
-        Each :class:`~vhdcore.extent.Extent` is ``data`` (stored in this
+        Each :class:`~vhdcore.disk.extent.Extent` is ``data`` (stored in this
         file), ``parent`` (stored in the backing file at ``depth``),
         ``zero`` (stored nowhere: reads as zeros, is never read) or
         ``encoded`` (stored at ``depth`` but not byte for byte, so only
@@ -53,7 +53,7 @@ class VirtualDisk(Protocol):
         """
 
     def member_file(self, depth: int):
-        """The :class:`~vhdcore.fileio.ImageFile` of ``files[depth]``, or ``None``.
+        """The :class:`~vhdcore.io.imagefile.ImageFile` of ``files[depth]``, or ``None``.
 
         Used for hole queries and file-to-file copies of ``data`` and
         ``parent`` runs; ``None`` turns both off (the bytes are then read).
@@ -71,7 +71,7 @@ class Sink(Protocol):
     for each stored piece in increasing offset order (pieces never cross a
     multiple of ``unit``; runs known to be zero are never handed over), and
     :meth:`finish`. A sink never reads its output back, so the same sink
-    serves a file and a stream. :class:`vhdcore.writers.Writer` is the base
+    serves a file and a stream. :class:`vhdcore.disk.writers.Writer` is the base
     every sink shares.
 
     Attributes:

@@ -34,7 +34,7 @@ class Format:
         description: a few words for help texts.
         aliases: other names accepted for it (qemu calls VHD ``vpc``).
         detect: ``detect(file) -> bool`` on an open
-            :class:`~vhdcore.fileio.ImageFile`: whether its magic is there.
+            :class:`~vhdcore.io.imagefile.ImageFile`: whether its magic is there.
             ``None`` for a format recognised only when nothing else is (raw).
         open: ``open(path, **options)`` -> a read-only
             :class:`~vhdcore.disk.virtual.VirtualDisk`.
@@ -142,7 +142,7 @@ def output_for_path(path: str) -> Optional[Tuple[Format, str]]:
 
 
 def detect(file) -> Format:
-    """The format of an open :class:`~vhdcore.fileio.ImageFile`, by its magic.
+    """The format of an open :class:`~vhdcore.io.imagefile.ImageFile`, by its magic.
 
     The first entry whose ``detect`` recognises the file, else the first
     entry without a ``detect`` (raw).

@@ -12,10 +12,10 @@ import os
 import stat
 from typing import List, Optional
 
+from ..disk.extent import DATA, ZERO, Extent, append_extent
 from ..errors import OutOfRangeError
-from ..extent import DATA, ZERO, Extent, append_extent
-from ..fileio import open_image_file
-from ..rawimage import data_runs
+from ..io.imagefile import open_image_file
+from ..io.rawfile import data_runs
 from . import Format
 
 SECTOR_SIZE = 512
@@ -97,7 +97,7 @@ def open(path, **options) -> RawDisk:  # noqa: A001 - the registry's verb
 
 def writer(subformat: str, out, **options):
     """The raw sink: the disk byte for byte, aligned zero stretches left as holes."""
-    from ..writers import RawWriter
+    from ..disk.writers import RawWriter
 
     return RawWriter(out)
 

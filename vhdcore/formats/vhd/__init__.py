@@ -9,15 +9,15 @@ This module imports none of them until asked, so detection stays cheap.
 
 from __future__ import annotations
 
-from ...constants import (
+from .. import Format
+from .constants import (
     DYNAMIC_COOKIE,
     FOOTER_COOKIE,
     FOOTER_SIZE,
     MAX_DYNAMIC_SIZE,
     MAX_FIXED_SIZE,
 )
-from ...layout import read_primary_footer
-from .. import Format
+from .layout import read_primary_footer
 
 
 def detect(file) -> bool:
@@ -37,14 +37,14 @@ def detect(file) -> bool:
 def open(path, **options):  # noqa: A001 - the registry's verb
     """Open a VHD (any type; a differencing disk with its chain) read-only, under a
     shared lock so no writer changes it while it is read."""
-    from ...image import open as open_image
+    from .image import open as open_image
 
     return open_image(path, "r", **{"consistent": True, **options})
 
 
 def writer(subformat: str, out, **options):
-    """A fixed or dynamic VHD sink (see :mod:`vhdcore.writers`)."""
-    from ...writers import make_writer
+    """A fixed or dynamic VHD sink (see :mod:`vhdcore.disk.writers`)."""
+    from ...disk.writers import make_writer
 
     return make_writer(subformat, out, **options)
 

@@ -1,1 +1,0 @@
-"""One module per ``vhdcore`` subcommand; see :mod:`vhdcore.cli`."""

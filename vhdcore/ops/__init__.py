@@ -1,0 +1,1 @@
+"""Operations on any virtual disk, whatever its format: convert, digest."""
