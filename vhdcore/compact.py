@@ -1,0 +1,11 @@
+"""Compatibility alias: this module lives at :mod:`vhdcore.formats.vhd.compact`.
+
+The README documents ``vhdcore.compact``; the alias makes both names one module
+object, so setting an attribute through either is seen through both.
+"""
+
+import sys
+
+from .formats.vhd import compact as _module
+
+sys.modules[__name__] = _module

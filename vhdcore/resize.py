@@ -1,0 +1,11 @@
+"""Compatibility alias: this module lives at :mod:`vhdcore.formats.vhd.resize`.
+
+The README documents ``vhdcore.resize``; the alias makes both names one module
+object, so setting an attribute through either is seen through both.
+"""
+
+import sys
+
+from .formats.vhd import resize as _module
+
+sys.modules[__name__] = _module
