@@ -1,4 +1,5 @@
-"""The qcow2 header: qemu-img's headers parse and pack back byte for byte; hostile fields are refused."""
+"""The qcow2 header: qemu-img's headers parse and pack back byte for byte;
+hostile fields are refused by name."""
 
 from __future__ import annotations
 

@@ -305,7 +305,9 @@ def _check_features(header: Header, data: bytes, name: str) -> None:
         kind = {C.CRYPT_AES: "AES", C.CRYPT_LUKS: "LUKS"}.get(
             header.crypt_method, f"method {header.crypt_method}"
         )
-        raise UnsupportedError(f"{name}: qcow2 image is encrypted ({kind}); vhdcore does not read encrypted images")
+        raise UnsupportedError(
+            f"{name}: qcow2 image is encrypted ({kind}); vhdcore does not read encrypted images"
+        )
     unknown = header.incompatible_features & ~C.KNOWN_INCOMPAT
     if unknown:
         try:
