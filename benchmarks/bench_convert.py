@@ -58,7 +58,7 @@ import numpy as np
 import pytest
 
 import vhdcore
-from vhdcore.disk.sources import compare_images
+from vhdcore.ops.compare import compare_images
 from vhdcore.io.rawfile import data_runs
 
 MiB = 1024 * 1024

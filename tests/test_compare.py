@@ -8,7 +8,7 @@ import re
 import pytest
 
 import vhdcore
-from vhdcore.disk.sources import compare_images
+from vhdcore.ops.compare import compare_images
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -7,7 +7,7 @@ import json
 import pytest
 
 import vhdcore
-from vhdcore.disk.sources import allocation_map
+from vhdcore.ops.map import allocation_map
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -15,7 +15,7 @@ import sys
 
 import vhdcore
 from vhdcore import convert
-from vhdcore.disk.sources import compare_images
+from vhdcore.ops.compare import compare_images
 from vhdcore.formats.vhd.compact import compact
 from vhdcore.formats.vhd.resize import resize
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Optional
 
+from .. import formats as registry
 from ..formats.vhd.constants import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from ..sizes import format_size, parse_size, plural  # noqa: F401 (plural: for the commands)
 
@@ -24,8 +26,13 @@ def size_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-#: ``-f`` values: ``vpc`` is qemu's name for VHD, accepted where users type it.
-INPUT_FORMATS = ("raw", "vhd", "vpc")
+#: ``-f`` values, from the registry: every format's name and aliases
+#: (``vpc`` is qemu's name for VHD, accepted where users type it).
+INPUT_FORMATS = registry.names()
+#: ``-O`` values: every subformat, then each writable format's names.
+OUTPUT_FORMATS = registry.output_names()
+
+
 def block_size_argument(text: str) -> int:
     """argparse type for ``--block-size``: a power of two the format allows."""
     size = size_argument(text)
@@ -45,10 +52,12 @@ def count_argument(text: str) -> int:
 
 
 def add_format_flag(parser: argparse.ArgumentParser,
-                    help: str = "image format: raw, or vhd (qemu's vpc); default: detected "
-                                "from the footer, and other formats (qcow2, VHDX, VMDK, VDI, "
-                                "QED) are refused by their magic") -> None:
-    """Add ``-f/--format raw|vhd|vpc`` (as ``src_format``) for commands that read any image."""
+                    help: Optional[str] = None) -> None:
+    """Add ``-f/--format`` (as ``src_format``) for commands that read any image."""
+    if help is None:
+        help = (f"image format: {', '.join(INPUT_FORMATS)}; default: detected from the "
+                f"image's magic (a file no format recognises is raw; the magic of a format "
+                f"vhdcore does not read is refused); raw never probes")
     parser.add_argument("-f", "--format", dest="src_format", choices=INPUT_FORMATS, help=help)
 
 

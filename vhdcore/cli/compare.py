@@ -32,7 +32,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ..disk.sources import compare_images
+    from ..ops.compare import compare_images
     from ..progress import Progress
 
     meter = Progress(None, label="compare", enabled=args.progress)

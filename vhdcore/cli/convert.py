@@ -1,4 +1,4 @@
-"""``vhdcore convert SRC DST``: raw or any VHD to raw, fixed or dynamic.
+"""``vhdcore convert SRC DST``: any image vhdcore reads to any format it writes.
 
 When DST is ``-`` the image goes to stdout, so the report (text or
 ``--json``) goes to stderr instead. SIGTERM is turned into an exception
@@ -11,7 +11,9 @@ from __future__ import annotations
 import signal
 import sys
 
+from .. import formats as registry
 from ._common import (
+    OUTPUT_FORMATS,
     add_chain_flags,
     add_format_flag,
     add_json_flag,
@@ -21,22 +23,24 @@ from ._common import (
     plural,
 )
 
-HELP = "convert an image: raw or VHD (fixed, dynamic, differencing chain) to raw, fixed or dynamic"
+HELP = (
+    f"convert an image from any format vhdcore reads ({', '.join(registry.names(False))}, "
+    f"chains included) to any it writes ({', '.join(OUTPUT_FORMATS)})"
+)
 
 
 def add_arguments(parser):
     parser.add_argument("source", metavar="SRC", help="input image, or - for stdin")
     parser.add_argument("destination", metavar="DST", help="output file, or - for stdout")
-    add_format_flag(parser, "input format: raw, or vhd (qemu's vpc); default: detected from the "
-                            "footer, other formats (qcow2, VHDX, VMDK, VDI, QED) refused; raw "
-                            "never probes")
+    add_format_flag(parser)
     parser.add_argument(
         "-O",
         "--output-format",
         dest="out_format",
-        choices=("raw", "fixed", "dynamic", "vhd", "vpc"),
-        help="output format; vhd and vpc (qemu's name) mean dynamic (default: dynamic when DST "
-             "ends in .vhd, else raw; fixed with --azure, dynamic with --xen)",
+        choices=OUTPUT_FORMATS,
+        help=f"output format: {', '.join(OUTPUT_FORMATS)}; a format's name means its default "
+             f"subformat (vhd and vpc, qemu's name, mean dynamic); default: from DST's suffix "
+             f"(.vhd: dynamic), else raw; fixed with --azure, dynamic with --xen",
     )
     parser.add_argument(
         "--block-size",

@@ -15,7 +15,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from ..disk.sources import allocation_map
+    from ..ops.map import allocation_map
 
     extents = allocation_map(args.image, args.src_format, chain_options(args))
     if args.json:

@@ -48,6 +48,14 @@ class Format:
         options: per subformat, the conversion options it takes
             (e.g. ``block_size``); others are ignored with a note.
         random_access: whether reading needs a seekable file (not a pipe).
+        check_options: ``check_options(subformat, options, dst, notes) ->
+            options``: the writer options checked and completed (defaults),
+            notes added for what is unusual; ``None``: taken as they are.
+        output_size: ``output_size(source_size, subformat, notes, **targets)
+            -> size``: the output's virtual size (rounding, limits);
+            ``None``: the source's size, within ``max_size``.
+        targets: output flags only this format understands (VHD's
+            ``azure`` and ``xen``); asking another format for one is refused.
     """
 
     name: str
@@ -62,6 +70,9 @@ class Format:
     max_size: Mapping[str, int] = field(default_factory=dict)
     options: Mapping[str, Tuple[str, ...]] = field(default_factory=dict)
     random_access: bool = True
+    check_options: Optional[Callable] = None
+    output_size: Optional[Callable] = None
+    targets: Tuple[str, ...] = ()
 
 
 _formats: Dict[str, Format] = {}

@@ -46,8 +46,9 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ..disk.sources import STDIO, Prefetch, as_source
-from ..disk.writers import make_writer, plan_blocks
+from .. import formats as registry
+from ..disk.prefetch import Prefetch
+from ..disk.sources import STDIO, as_source
 from ..errors import (
     ConversionError,
     LimitError,
@@ -55,30 +56,10 @@ from ..errors import (
     UnsupportedError,
     storage_error,
 )
-from ..formats.vhd.blocksize import check_new_block_size
-from ..formats.vhd.constants import (
-    DEFAULT_BLOCK_SIZE,
-    MAX_DYNAMIC_SIZE,
-    MAX_FIXED_SIZE,
-    SECTOR_SIZE,
-)
 from ..io.imagefile import open_image_file
 from ..io.rawfile import StreamWriter
 from ..progress import Progress
-from ..sizes import format_size
 from .digest import Hasher
-
-OUTPUT_FORMATS = ("raw", "fixed", "dynamic")
-#: Names accepted for ``out_format`` besides the three formats.
-OUTPUT_ALIASES = {"vhd": "dynamic", "vpc": "dynamic"}
-
-MIB = 1 << 20
-#: Azure's largest fixed disk (managed disks and page-blob uploads): 32 TiB.
-AZURE_MAX_SIZE = 32 << 40
-#: Azure's smallest managed disk upload (20 MiB); smaller images get a note.
-AZURE_MIN_SIZE = 20 << 20
-#: qemu (and Hyper-V OS disks) refuse any VHD larger than this.
-QEMU_MAX_SIZE = MAX_DYNAMIC_SIZE
 
 #: Bytes read per step for raw and fixed output.
 CHUNK = 4 << 20
@@ -163,86 +144,87 @@ def _round_up(value: int, unit: int) -> int:
     return -(-value // unit) * unit
 
 
-def output_format_for(dst, out_format: Optional[str], azure: bool, xen: bool = False) -> str:
-    """The output format: explicit, or ``fixed`` for Azure, ``dynamic`` for Xen,
-    or from DST's extension.
+def resolve_output(dst, out_format: Optional[str], azure: bool = False, xen: bool = False):
+    """``(format, subformat)`` to write: as asked, as ``--azure``/``--xen`` imply,
+    from DST's suffix, or raw; all from the registry.
 
     Raises:
-        UnsupportedError: an unknown format, or one that contradicts ``azure``
-            or ``xen``.
+        UnsupportedError: an unknown output name, or one that contradicts
+            ``azure`` or ``xen``.
     """
-    if azure and xen:
-        raise UnsupportedError("--azure and --xen ask for different creators; choose one")
-    if xen and out_format is not None:
-        chosen = OUTPUT_ALIASES.get(out_format, out_format)
-        if chosen == "raw":
-            raise UnsupportedError("--xen writes a VHD (dynamic or fixed), not raw")
+    targets = [name for name, asked in (("azure", azure), ("xen", xen)) if asked]
+    fmt = subformat = None
     if out_format is not None:
-        chosen = OUTPUT_ALIASES.get(out_format, out_format)
-        if chosen not in OUTPUT_FORMATS:
+        fmt, subformat = registry.output(out_format)
+    elif targets:
+        fmt = next(f for f in registry.formats() if targets[0] in f.targets)
+    elif dst != STDIO:
+        found = registry.output_for_path(os.fspath(dst))
+        if found is not None:
+            fmt, subformat = found
+    if fmt is None:
+        fmt, subformat = registry.output("raw")
+    for target in targets:
+        if target not in fmt.targets:
             raise UnsupportedError(
-                f"unknown output format {out_format!r}: use raw, fixed or dynamic"
+                f"--{target} writes a {fmt_names(target)}, not {subformat}"
             )
-        if azure and chosen != "fixed":
-            raise UnsupportedError(f"--azure writes a fixed VHD, not {chosen}")
-        return chosen
-    if azure:
-        return "fixed"
-    if xen:
-        return "dynamic"
-    if dst != STDIO and os.fspath(dst).lower().endswith(".vhd"):
-        return "dynamic"
-    return "raw"
+    if targets and fmt.name == "vhd":
+        from ..formats.vhd.output import subformat_for_target
+
+        asked = subformat if out_format is not None else None
+        subformat = subformat_for_target(asked, azure, xen) or subformat
+    return fmt, subformat
 
 
-def _output_size(source_size: int, out_format: str, azure: bool, notes: List[str],
-                 xen: bool = False) -> int:
-    """The output's virtual size, with the notes and limits that go with it."""
-    if out_format == "raw":
-        return source_size
-    if source_size == 0 and not azure:
-        raise ConversionError("the source is empty (0 bytes): there is no disk to put in a VHD")
-    if azure:
-        if source_size > AZURE_MAX_SIZE:
-            raise LimitError(
-                f"the source is {format_size(source_size)} ({source_size} bytes); Azure's "
-                f"largest fixed disk is {format_size(AZURE_MAX_SIZE)} ({AZURE_MAX_SIZE} bytes)"
-            )
-        size = _round_up(max(source_size, 1), MIB)
-        if size != source_size:
-            notes.append(
-                f"virtual size rounded up from {source_size} to {size} bytes "
-                f"({format_size(size)}), a whole MiB as Azure requires"
-            )
-        if size < AZURE_MIN_SIZE:
-            notes.append(f"Azure managed disks are at least {format_size(AZURE_MIN_SIZE)}")
-    elif xen:
-        from ..formats.vhd.xen import XEN_BLOCK_SIZE
+def fmt_names(target: str) -> str:
+    """What a target flag writes, for messages (the formats that take it)."""
+    names = [f.name.upper() for f in registry.formats() if target in f.targets]
+    subformats = [s for f in registry.formats() if target in f.targets for s in f.subformats]
+    return f"{' or '.join(names)} ({' or '.join(subformats)})"
 
-        size = _round_up(source_size, XEN_BLOCK_SIZE)
-        if size != source_size:
-            notes.append(
-                f"virtual size rounded up from {source_size} to {size} bytes "
-                f"({format_size(size)}), a whole 2 MiB block as blktap makes them"
-            )
-    else:
-        size = _round_up(source_size, SECTOR_SIZE)
-        if size != source_size:
-            notes.append(f"virtual size padded from {source_size} to {size} bytes (a whole sector)")
-    if out_format == "dynamic" and size > MAX_DYNAMIC_SIZE:
+
+def output_format_for(dst, out_format: Optional[str], azure: bool, xen: bool = False) -> str:
+    """The subformat :func:`resolve_output` chooses (``raw``, ``fixed``, ``dynamic``, ...)."""
+    return resolve_output(dst, out_format, azure, xen)[1]
+
+
+def _output_size(source_size: int, subformat: str, azure: bool, notes: List[str],
+                 xen: bool = False, fmt=None) -> int:
+    """The output's virtual size, by the format's rules, with their notes."""
+    if fmt is None:
+        fmt = registry.output(subformat)[0]
+    if fmt.output_size is not None:
+        targets = {name: value for name, value in (("azure", azure), ("xen", xen)) if value}
+        return fmt.output_size(source_size, subformat, notes, **targets)
+    limit = fmt.max_size.get(subformat)
+    if limit is not None and source_size > limit:
         raise LimitError(
-            f"a dynamic VHD may hold at most {MAX_DYNAMIC_SIZE} bytes (2040 GiB); the source "
-            f"has {size}: convert to fixed or raw instead"
+            f"a {subformat} image may hold at most {limit} bytes; the source has {source_size}"
         )
-    limit = AZURE_MAX_SIZE if azure else MAX_FIXED_SIZE
-    if out_format == "fixed" and size > limit:
-        raise LimitError(f"a fixed VHD is limited to {limit} bytes here; the source has {size}")
-    if out_format == "fixed" and size > QEMU_MAX_SIZE:
-        notes.append(
-            "fixed VHD larger than 2040 GiB: Azure accepts it, but qemu-img and "
-            "Hyper-V OS disks will not open it"
-        )
-    return size
+    return source_size
+
+
+def writer_options(fmt, subformat: str, options: dict, dst, notes: List[str],
+                   targets: Optional[dict] = None) -> dict:
+    """The user's subformat options the writer takes; the others are noted and dropped.
+
+    ``targets`` (``{"xen": True}``) are checked by the format with the options.
+    """
+    accepted = fmt.options.get(subformat, ())
+    kept = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in accepted:
+            kept[name] = value
+            continue
+        takers = [s for f in registry.formats() for s, names in f.options.items() if name in names]
+        where = f"{' and '.join(takers)} output only" if takers else "no output format"
+        notes.append(f"--{name.replace('_', '-')} applies to {where}; ignored for {subformat}")
+    if fmt.check_options is not None:
+        kept = fmt.check_options(subformat, kept, dst, notes, **(targets or {}))
+    return kept
 
 
 def _temp_name(dst: str) -> str:
@@ -354,6 +336,7 @@ def convert(
     uuid=None,
     timestamp: Optional[int] = None,
     open_options: Optional[dict] = None,
+    options: Optional[dict] = None,
 ) -> ConversionResult:
     """Convert a disk image.
 
@@ -390,6 +373,9 @@ def convert(
         open_options: keyword arguments for :func:`vhdcore.open` of a VHD
             source (its chain policy: ``allow_parent_dirs``,
             ``allow_symlinks``, ``max_chain_depth``).
+        options: the output format's own options (``-o`` in qemu-img), by
+            the names its registry entry lists; one it does not take is
+            ignored with a note.
 
     Returns:
         A :class:`ConversionResult`.
@@ -404,20 +390,12 @@ def convert(
             ...); the message names the destination, not its temporary file.
     """
     started = time.monotonic()
-    fmt = output_format_for(dst, out_format, azure, xen)
+    fmt, subformat = resolve_output(dst, out_format, azure, xen)
     notes: List[str] = []
-    if fmt == "dynamic":
-        block_size = DEFAULT_BLOCK_SIZE if block_size is None else block_size
-        if xen:
-            from ..formats.vhd.xen import check_block_size
-
-            check_block_size(block_size, os.fspath(dst))
-        note = check_new_block_size(block_size)
-        if note is not None:
-            notes.append(note)
-    elif block_size is not None:
-        notes.append(f"--block-size applies to dynamic output only; ignored for {fmt}")
-        block_size = None
+    targets = {name: True for name, asked in (("azure", azure), ("xen", xen)) if asked}
+    chosen = writer_options(
+        fmt, subformat, {"block_size": block_size, **(options or {})}, dst, notes, targets
+    )
     dst = os.fspath(dst) if dst != STDIO else STDIO
 
     source, owned = as_source(src, src_format, open_options)
@@ -428,25 +406,20 @@ def convert(
         source_size = source.virtual_size
         out_size = None
         if source_size is not None:
-            out_size = _output_size(source_size, fmt, azure, notes, xen)
-        if to_stream and fmt == "dynamic" and not source.seekable:
-            raise ConversionError(
-                "a dynamic VHD on stdout needs a first pass over the source to lay out its "
-                "block table, and stdin is a pipe: write to a file, or use -O fixed or raw"
-            )
+            out_size = _output_size(source_size, subformat, azure, notes, xen, fmt)
         result = ConversionResult(
             source=source.name,
             destination=dst,
             input_format=source.format,
             input_type=source.kind,
-            output_format=fmt,
-            block_size=block_size,
+            output_format=subformat,
+            block_size=chosen.get("block_size"),
         )
         job = _Job(
             fmt=fmt,
-            block_size=block_size,
-            azure=azure,
-            xen=xen,
+            subformat=subformat,
+            options={**chosen, **targets},
+            targets=targets,
             digest=digest,
             uuid=uuid,
             timestamp=timestamp,
@@ -454,7 +427,7 @@ def convert(
             notes=notes,
             meter=progress
             if isinstance(progress, Progress)
-            else Progress(out_size, label=fmt, enabled=bool(progress)),
+            else Progress(out_size, label=subformat, enabled=bool(progress)),
         )
         if to_stream:
             try:
@@ -495,9 +468,10 @@ def convert(
 class _Job:
     """What :func:`_run` needs to know besides the source and the output."""
 
-    fmt: str
-    block_size: Optional[int]
-    azure: bool
+    fmt: object  # the registry's Format
+    subformat: str
+    options: dict  # for the writer: its checked options and the target flags
+    targets: dict
     digest: bool
     uuid: object
     timestamp: Optional[int]
@@ -505,27 +479,17 @@ class _Job:
     notes: List[str]
     meter: Progress
     write_behind: bool = False
-    xen: bool = False
 
 
 def _run(source, out, job: _Job, result: ConversionResult) -> None:
-    """The pass itself: read ``source`` in order and feed the writer, hash and meter."""
-    fmt, block_size, out_size = job.fmt, job.block_size, job.out_size
-    unit = block_size if fmt == "dynamic" else CHUNK
-    buffer_size = min(max(unit, CHUNK), MAX_BUFFER)
-    plan = None
-    if fmt == "dynamic" and getattr(out, "is_stream", False):
-        plan = plan_blocks(source, block_size, bytearray(buffer_size))
-    writer = make_writer(
-        fmt,
-        out,
-        block_size=block_size or DEFAULT_BLOCK_SIZE,
-        plan=plan,
-        max_fixed_size=AZURE_MAX_SIZE if job.azure else MAX_FIXED_SIZE,
-        uuid=job.uuid,
-        timestamp=job.timestamp,
-        xen=job.xen,
+    """The pass itself: read ``source`` in order and feed the sink, hash and meter."""
+    out_size = job.out_size
+    writer = job.fmt.writer(
+        job.subformat, out, source=source, uuid=job.uuid, timestamp=job.timestamp,
+        **job.options,
     )
+    unit = writer.unit
+    buffer_size = min(max(unit, CHUNK), MAX_BUFFER)
     if job.write_behind:
         writer.write_behind()
     writer.begin(out_size)
@@ -544,7 +508,8 @@ def _run(source, out, job: _Job, result: ConversionResult) -> None:
             update(offset + length)
     source_size = source.virtual_size
     if out_size is None:  # a stream: the size is known only now
-        out_size = _output_size(source_size, fmt, job.azure, job.notes, job.xen)
+        out_size = _output_size(source_size, job.subformat, job.targets.get("azure", False),
+                                job.notes, job.targets.get("xen", False), job.fmt)
     result.output_size = writer.finish(out_size)
     job.meter.update(out_size)
     job.meter.finish()
@@ -554,8 +519,7 @@ def _run(source, out, job: _Job, result: ConversionResult) -> None:
     result.bytes_unread = unread
     result.bytes_written = writer.bytes_written
     result.bytes_zero = out_size - writer.bytes_written
-    if fmt == "dynamic":
-        result.blocks_allocated = writer.blocks_allocated
+    result.blocks_allocated = getattr(writer, "blocks_allocated", None)
     if hasher is not None:
         result.source_digest = hasher.hexdigest()
         if out_size > source_size:
@@ -563,4 +527,10 @@ def _run(source, out, job: _Job, result: ConversionResult) -> None:
         result.digest = hasher.hexdigest()
 
 
-__all__ = ["ConversionResult", "convert", "output_format_for", "remove_stale_temps"]
+__all__ = [
+    "ConversionResult",
+    "convert",
+    "output_format_for",
+    "remove_stale_temps",
+    "resolve_output",
+]

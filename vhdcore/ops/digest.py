@@ -84,7 +84,8 @@ def digest(image, *, fmt: Optional[str] = None, progress=None, open_options=None
 def digest_report(image, *, fmt: Optional[str] = None, progress=None,
                   open_options=None) -> dict:
     """:func:`digest` plus what was read: a dict for ``vhdcore digest --json``."""
-    from ..disk.sources import Prefetch, as_source
+    from ..disk.prefetch import Prefetch
+    from ..disk.sources import as_source
 
     source, owned = as_source(image, fmt, open_options)
     started = time.monotonic()

@@ -42,11 +42,49 @@ def open(path, **options):  # noqa: A001 - the registry's verb
     return open_image(path, "r", **{"consistent": True, **options})
 
 
-def writer(subformat: str, out, **options):
-    """A fixed or dynamic VHD sink (see :mod:`vhdcore.disk.writers`)."""
-    from ...disk.writers import make_writer
+def writer(subformat: str, out, *, source=None, azure=False, block_size=None, **options):
+    """A fixed or dynamic VHD sink (see :mod:`vhdcore.disk.writers`).
 
-    return make_writer(subformat, out, **options)
+    A dynamic VHD on a stream needs its block table before the blocks, so
+    the sink gets it from a first pass over ``source`` (which must then be
+    seekable).
+    """
+    from ...disk.writers import make_writer, plan_blocks
+    from ...errors import ConversionError
+    from .constants import DEFAULT_BLOCK_SIZE
+    from .output import AZURE_MAX_SIZE
+
+    block_size = block_size or DEFAULT_BLOCK_SIZE
+    plan = None
+    if subformat == "dynamic" and getattr(out, "is_stream", False):
+        if source is None or not source.seekable:
+            raise ConversionError(
+                "a dynamic VHD on stdout needs a first pass over the source to lay out its "
+                "block table, and stdin is a pipe: write to a file, or use -O fixed or raw"
+            )
+        plan = plan_blocks(source, block_size, bytearray(min(max(block_size, 4 << 20), 8 << 20)))
+    return make_writer(
+        subformat,
+        out,
+        block_size=block_size,
+        plan=plan,
+        max_fixed_size=AZURE_MAX_SIZE if azure else MAX_FIXED_SIZE,
+        **options,
+    )
+
+
+def check_options(subformat, options, dst, notes, **targets):
+    """VHD's option rules (:func:`vhdcore.formats.vhd.output.check_options`)."""
+    from .output import check_options as check
+
+    return check(subformat, options, dst, notes, **targets)
+
+
+def output_size(source_size, subformat, notes, **targets):
+    """VHD's size rules (:func:`vhdcore.formats.vhd.output.output_size`)."""
+    from .output import output_size as size
+
+    return size(source_size, subformat, notes, **targets)
 
 
 FORMAT = Format(
@@ -61,4 +99,7 @@ FORMAT = Format(
     extensions=(".vhd",),
     max_size={"fixed": MAX_FIXED_SIZE, "dynamic": MAX_DYNAMIC_SIZE},
     options={"dynamic": ("block_size",)},
+    check_options=check_options,
+    output_size=output_size,
+    targets=("azure", "xen"),
 )
