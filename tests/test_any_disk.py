@@ -9,6 +9,7 @@ the protocol alone.
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 import pytest
 
@@ -16,6 +17,7 @@ import vhdcore
 from vhdcore.disk.extent import DATA, ENCODED, ZERO, Extent
 from vhdcore.ops.compare import compare_images
 from vhdcore.ops.map import allocation_map
+from vhdcore.disk.sources import DiskSource
 from vhdcore.disk.virtual import VirtualDisk
 from vhdcore.ops.digest import digest
 
@@ -149,3 +151,16 @@ def test_prefetch_raises_a_reader_error_in_the_consumer():
         with Prefetch(DiskSource(disk, owned=False), 1 << 20, 1 << 20, readers=4) as pieces:
             for _ in pieces:
                 pass
+
+
+def test_convert_with_reads_in_flight_writes_the_same_image(tmp_path):
+    """``convert(readers=N)`` reads on a pool; the output is byte-identical to one reader's."""
+    disk = MemoryDisk()
+    outputs = []
+    for readers in (1, 4):
+        out = tmp_path / f"out{readers}.vhd"
+        result = vhdcore.convert(DiskSource(disk, owned=False), out, readers=readers,
+                                 digest=True, uuid=uuid.UUID(int=1), timestamp=0)
+        assert result.digest == hashlib.sha256(disk.content).hexdigest()
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]

@@ -337,6 +337,7 @@ def convert(
     timestamp: Optional[int] = None,
     open_options: Optional[dict] = None,
     options: Optional[dict] = None,
+    readers: int = 1,
 ) -> ConversionResult:
     """Convert a disk image.
 
@@ -376,6 +377,10 @@ def convert(
         options: the output format's own options (``-o`` in qemu-img), by
             the names its registry entry lists; one it does not take is
             ignored with a note.
+        readers: source reads kept in flight at once (threads issuing
+            positional reads, which release the GIL); 1 is one read-ahead
+            thread. More pays on disks and network storage that serve
+            several requests at once, not from the page cache.
 
     Returns:
         A :class:`ConversionResult`.
@@ -425,6 +430,7 @@ def convert(
             timestamp=timestamp,
             out_size=out_size,
             notes=notes,
+            readers=readers,
             meter=progress
             if isinstance(progress, Progress)
             else Progress(out_size, label=subformat, enabled=bool(progress)),
@@ -478,6 +484,7 @@ class _Job:
     out_size: Optional[int]
     notes: List[str]
     meter: Progress
+    readers: int = 1
     write_behind: bool = False
 
 
@@ -498,7 +505,7 @@ def _run(source, out, job: _Job, result: ConversionResult) -> None:
     data, update = writer.data, job.meter.update
     # The reader thread reads ahead (and hashes); this one checks for zeros
     # and writes, so reads, hashing and writes overlap.
-    with Prefetch(source, unit, buffer_size, PREFETCH_BUFFERS, hasher) as pieces:
+    with Prefetch(source, unit, buffer_size, PREFETCH_BUFFERS, hasher, job.readers) as pieces:
         for offset, length, view in pieces:
             if view is None:  # known zeros: holes on files, padding on streams
                 unread += length
