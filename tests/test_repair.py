@@ -226,27 +226,38 @@ def _crashing_factory(budget):
     ("bat_entry_past_eof", True),
 ])
 def test_a_crash_mid_repair_leaves_the_image_no_worse(tmp_path, monkeypatch, name, force):
-    """Crash after every possible number of writes; then repair again finishes."""
+    """Crash after every possible number of writes (the backup's included); then
+    repair again finishes."""
     template = samples.generate(name, tmp_path / "template")
+    original = template.path.read_bytes()
     errors_before = len(check(template.path).errors)
     planned = len(repair(template.path, dry_run=True, force=force).actions)
     assert planned >= 1
-    for allowed in range(planned):
+    crashes = 0
+    for allowed in range(200):
         work = tmp_path / f"crash{allowed}"
         work.mkdir()
         image = work / template.path.name
-        image.write_bytes(template.path.read_bytes())
+        image.write_bytes(original)
         budget = {"left": allowed}
         monkeypatch.setattr(fileio, "FILE_FACTORY", _crashing_factory(budget))
-        with pytest.raises(_Crash):
+        try:
             repair(image, force=force)
-        monkeypatch.setattr(fileio, "FILE_FACTORY", fileio.ImageFile)
-        assert len(_backups(work)) == 1  # the backup is written before any change
+        except _Crash:
+            crashes += 1
+        else:
+            break
+        finally:
+            monkeypatch.setattr(fileio, "FILE_FACTORY", fileio.ImageFile)
+        # The backup is whole before any change, and no temporary file is left.
+        assert len(_backups(work)) == 1 or image.read_bytes() == original
+        assert sorted(os.listdir(work)) == sorted([image.name, *(b.name for b in _backups(work))])
         after_crash = check(image)
         assert len(after_crash.errors) <= errors_before, after_crash.codes
         finished = repair(image, force=force)
         assert finished.exit_code == 0, finished.skipped
         assert check(image).clean
+    assert crashes > planned  # the backup's writes and every action's were cut
 
 
 def test_interrupted_resize_copy_is_a_warning_that_repair_fixes(tmp_path):

@@ -13,10 +13,9 @@ file (``copy_file_range``) once saved a read, but stored each piece whole,
 zero stretches and all, and measured no faster once dynamic output stopped
 reserving space ahead of its writes.
 
-Safety. The output is built in a temporary file beside the destination
-(``.NAME.vhdcore-tmp-XXXXXXXX``, same directory, so the final rename
-cannot cross file systems), fsynced, and only then moved into place; the
-directory is fsynced after the rename. Any exception, ``KeyboardInterrupt``
+Safety. The output is built by :func:`vhdcore.io.atomic.new_file`: a
+temporary file beside the destination (``.NAME.vhdcore-tmp-XXXXXXXX``),
+fsynced, and only then moved into place, the directory fsynced after. Any exception, ``KeyboardInterrupt``
 or SIGTERM (the CLI turns it into an exception) removes the temporary file,
 so a failed conversion never leaves a destination. SIGKILL (or a power
 loss) can leave the temporary file behind, never a destination: the
@@ -52,11 +51,10 @@ from ..disk.sources import STDIO, as_source
 from ..errors import (
     ConversionError,
     LimitError,
-    LockedError,
     UnsupportedError,
-    storage_error,
 )
-from ..io.imagefile import open_image_file
+from ..io import atomic
+from ..io.atomic import remove_stale_temps
 from ..io.rawfile import StreamWriter
 from ..progress import Progress
 from .digest import Hasher
@@ -67,10 +65,6 @@ CHUNK = 4 << 20
 MAX_BUFFER = 8 << 20
 #: Buffers in the read-ahead ring (memory: up to 4 x 8 MiB).
 PREFETCH_BUFFERS = 4
-TEMP_MARK = ".vhdcore-tmp-"
-#: A leftover temporary file younger than this is never removed, even when
-#: unlocked: its writer may be between creating and locking it.
-STALE_AFTER = 5.0
 
 
 @dataclass
@@ -227,42 +221,6 @@ def writer_options(fmt, subformat: str, options: dict, dst, notes: List[str],
     return kept
 
 
-def _temp_name(dst: str) -> str:
-    directory, name = os.path.split(os.path.abspath(dst))
-    return os.path.join(directory, f".{name}{TEMP_MARK}{os.urandom(4).hex()}")
-
-
-def remove_stale_temps(dst: str) -> List[str]:
-    """Delete leftovers of killed conversions to ``dst``; returns their names.
-
-    A leftover is a ``.NAME.vhdcore-tmp-*`` file beside ``dst`` that nobody
-    holds locked and that is older than :data:`STALE_AFTER` seconds.
-    """
-    directory, name = os.path.split(os.path.abspath(dst))
-    prefix = f".{name}{TEMP_MARK}"
-    removed = []
-    try:
-        names = [entry.name for entry in os.scandir(directory) if entry.name.startswith(prefix)]
-    except OSError:
-        return removed
-    for leftover in names:
-        path = os.path.join(directory, leftover)
-        try:
-            if time.time() - os.lstat(path).st_mtime < STALE_AFTER:
-                continue
-            handle = open_image_file(path, writable=True)
-        except (LockedError, OSError):
-            continue  # a live conversion holds it, or it is already gone
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except OSError:
-            pass
-        finally:
-            handle.close()
-    return removed
-
-
 def _check_destination(dst: str, source, force: bool) -> None:
     if dst == STDIO:
         if sys.stdout.isatty():
@@ -290,34 +248,10 @@ def _check_destination(dst: str, source, force: bool) -> None:
         raise ConversionError(f"{dst}: destination is {what}; refusing to replace it")
 
 
-def _place(tmp: str, dst: str, force: bool, durable: bool = True) -> None:
-    """Move the finished temporary file to ``dst``; ``durable`` fsyncs the directory."""
-    try:
-        if force:
-            os.replace(tmp, dst)
-        else:
-            try:
-                os.link(tmp, dst)
-            except FileExistsError:
-                raise ConversionError(
-                    f"{dst}: destination appeared during the conversion; use --force to replace it"
-                ) from None
-            os.unlink(tmp)
-    except OSError as exc:
-        raise storage_error(exc, dst, "cannot put the finished image in place") from exc
-    if not durable:
-        return
-    directory = os.path.dirname(os.path.abspath(dst))
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # pragma: no cover - a directory we cannot open
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse
-        pass
-    finally:
-        os.close(fd)
+def _appeared(dst: str):
+    return lambda: ConversionError(
+        f"{dst}: destination appeared during the conversion; use --force to replace it"
+    )
 
 
 def convert(
@@ -442,26 +376,15 @@ def convert(
                 pass
             _run(source, StreamWriter(sys.stdout.fileno()), job, result)
         else:
-            for stale in remove_stale_temps(dst):
+            for stale in atomic.remove_stale_temps(dst):
                 notes.append(f"removed {stale}, left by an interrupted conversion")
-            tmp = _temp_name(dst)
-            # Errors name dst: the temporary file is ours, not the user's.
-            out = open_image_file(tmp, writable=True, create=True, name=dst)
-            try:
-                job.write_behind = fsync
+            job.write_behind = fsync
+            with atomic.new_file(dst, replace=force, exists=_appeared(dst),
+                                 durable=fsync) as out:
                 _run(source, out, job, result)
                 if fsync:
-                    out.flush()
+                    out.flush()  # before measuring: delayed allocation settles
                 result.disk_usage = os.fstat(out.fd).st_blocks * 512
-                out.close()
-                _place(tmp, dst, force, durable=fsync)
-            except BaseException:
-                out.close()
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
     finally:
         if owned:
             source.close()

@@ -24,7 +24,8 @@ A crash at any point leaves an image that reads the same, possibly with
 leaked space; compacting again reclaims it.
 
 With ``output``, the compacted image is written to a new file instead
-(temporary name beside it, fsync, then linked into place) and the source
+(:func:`vhdcore.io.atomic.new_file`: a temporary name beside it, fsynced, then
+linked into place) and the source
 is only read. The copy keeps the source's identity (UUID, parent fields
 and locators), so it can replace the source; its ``W2ru`` locator is
 relative to the *source's* directory.
@@ -42,11 +43,11 @@ import numpy as np
 from ..._backend import kernels
 from ...disk.extent import ZERO
 from ...errors import UnsupportedError
-from ...io.imagefile import open_image_file
+from ...io import atomic
 from ...io.sparse import write_sparse
 from . import repack
 from .constants import BAT_UNUSED, FOOTER_SIZE, SECTOR_SIZE
-from .create import OVERWRITE_ADVICE, _link_into_place
+from .create import OVERWRITE_ADVICE, refuse_overwrite
 from .image import open as open_image
 
 __all__ = ["compact", "CompactResult"]
@@ -234,33 +235,19 @@ def _write_compacted(image, keep, output, overwrite) -> int:
         updated = batmap.without(batmap.stale_blocks(table))
         meta[updated.header_offset : updated.header_offset + SECTOR_SIZE] = updated.to_bytes()
         meta[updated.batmap_offset : updated.batmap_offset + len(updated.map)] = updated.map
-    directory = os.path.dirname(os.path.abspath(output))
-    temp = os.path.join(
-        directory, f".{os.path.basename(output)}.{os.getpid()}.{time.monotonic_ns()}.vhdcore-tmp"
-    )
-    out = open_image_file(temp, writable=True, create=True, name=output)
-    try:
-        try:
-            out.pwrite(0, meta)
-            buffer = bytearray(min(span, 4 << 20))
-            view = memoryview(buffer)
-            for block, target in placed:
-                source = int(image.bat[block]) * SECTOR_SIZE
-                done = 0
-                while done < span:
-                    chunk = min(len(view), span - done)
-                    image._file.preadinto(source + done, view[:chunk], "block data")
-                    # A new file: its zero stretches stay holes.
-                    write_sparse(out, target + done, view[:chunk], 0)
-                    done += chunk
-            out.pwrite(position, image.footer.to_bytes())
-            out.flush()
-        finally:
-            out.close()
-        _link_into_place(temp, output, directory, overwrite)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    with atomic.new_file(output, replace=overwrite, exists=refuse_overwrite(output)) as out:
+        out.pwrite(0, meta)
+        buffer = bytearray(min(span, 4 << 20))
+        view = memoryview(buffer)
+        for block, target in placed:
+            source = int(image.bat[block]) * SECTOR_SIZE
+            done = 0
+            while done < span:
+                chunk = min(len(view), span - done)
+                image._file.preadinto(source + done, view[:chunk], "block data")
+                # A new file: its zero stretches stay holes.
+                write_sparse(out, target + done, view[:chunk], 0)
+                done += chunk
+        out.pwrite(position, image.footer.to_bytes())
     return position + FOOTER_SIZE
 

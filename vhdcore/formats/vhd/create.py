@@ -16,11 +16,11 @@ existing file is never replaced unless ``overwrite`` is set.
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid as uuidlib
 from typing import Optional
 
-from ...errors import ArgumentLimitError, LimitError, UnsafeParentError, VHDError, storage_error
+from ...errors import ArgumentLimitError, LimitError, UnsafeParentError, VHDError
+from ...io import atomic
 from . import bat as batmod
 from . import chain
 from .blocksize import check_new_block_size
@@ -317,62 +317,22 @@ def _check_chain_policy(path, parent_image, chain_options) -> None:
             raise UnsafeParentError(f"{path}: the new child could not open its parent: {reason}")
 
 
+def refuse_overwrite(path):
+    """The error for an existing ``path`` that ``overwrite`` does not allow replacing."""
+    return lambda: FileExistsError(17, OVERWRITE_ADVICE, os.fspath(path))
+
+
 def _write_new_file(path, pieces, overwrite):
-    """Write ``pieces`` to a temporary file, fsync it, and link it into place.
+    """Write ``pieces`` (``[(offset, bytes)]``) as the new file ``path``, atomically.
 
     Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is false.
         StorageError: the file could not be written (a full disk, a
             read-only directory, ...); named ``path``, not the temporary file.
     """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
     if not overwrite and os.path.lexists(path):
-        raise FileExistsError(17, OVERWRITE_ADVICE, path)
-    try:
-        fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
-                                    suffix=".vhdcore-tmp", dir=directory)
-    except OSError as exc:
-        raise storage_error(exc, path, "cannot create") from exc
-    try:
-        try:
-            end = max(offset + len(data) for offset, data in pieces)
-            os.ftruncate(fd, end)
-            for offset, data in pieces:
-                view = memoryview(data)
-                while view:
-                    written = os.pwrite(fd, view, offset)
-                    view, offset = view[written:], offset + written
-            os.fsync(fd)
-        except OSError as exc:
-            raise storage_error(exc, path, f"cannot write the new image ({end} bytes)") from exc
-        finally:
-            os.close(fd)
-        os.chmod(temp, 0o644)
-        _link_into_place(temp, path, directory, overwrite)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-
-
-def _link_into_place(temp, path, directory, overwrite) -> None:
-    """Put the finished, fsynced ``temp`` at ``path``, then fsync ``directory``.
-
-    Replaces ``path`` only if ``overwrite``; otherwise the link fails,
-    atomically, if ``path`` appeared meanwhile. Compact shares this step.
-    """
-    try:
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            os.link(temp, path)  # fails, atomically, if path appeared meanwhile
-            os.unlink(temp)
-    except FileExistsError:
-        raise FileExistsError(17, OVERWRITE_ADVICE, path) from None
-    except OSError as exc:
-        raise storage_error(exc, path, "cannot put the new file in place") from exc
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        raise refuse_overwrite(path)()
+    with atomic.new_file(path, replace=overwrite, exists=refuse_overwrite(path)) as out:
+        out.truncate(max(offset + len(data) for offset, data in pieces))
+        for offset, data in pieces:
+            out.pwrite(offset, data)

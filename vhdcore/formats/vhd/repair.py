@@ -47,7 +47,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from ...errors import FormatError, storage_error
+from ...errors import FormatError, StorageError
+from ...io import atomic
 from ...io.imagefile import open_image_file
 from .bat import bat_bytes
 from .batmap import find_batmap
@@ -691,35 +692,20 @@ def write_backup(path: str, file_size: int, records, backup_path: Optional[str] 
             for offset, data, what in records
         ],
     }
-    temp = backup_path + ".tmp"
+    body = BACKUP_MAGIC + json.dumps(meta, sort_keys=True).encode() + b"\n"
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with atomic.new_file(backup_path, replace=False, mode=0o600,
+                             exists=lambda: FileExistsError(17, "exists", backup_path)) as out:
+            out.pwrite(0, body)
+            position = len(body)
+            for _offset, data, _what in records:
+                out.pwrite(position, data)
+                position += len(data)
     except OSError as exc:
         # Named for the backup the user will look for; nothing was changed yet.
-        raise storage_error(exc, backup_path, "cannot create the repair backup "
-                                              "(the image was not changed)") from exc
-    try:
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(BACKUP_MAGIC)
-                out.write(json.dumps(meta, sort_keys=True).encode() + b"\n")
-                for _offset, data, _what in records:
-                    out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.rename(temp, backup_path)
-        except OSError as exc:
-            raise storage_error(exc, backup_path, "cannot write the repair backup "
-                                                  "(the image was not changed)") from exc
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-    directory = os.open(os.path.dirname(os.path.abspath(backup_path)), os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+        raise StorageError(
+            f"{backup_path}: cannot write the repair backup (the image was not changed): "
+            f"{exc.strerror or exc}", exc.errno, backup_path, exc.strerror) from exc
     return backup_path
 
 
