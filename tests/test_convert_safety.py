@@ -20,7 +20,8 @@ import time
 
 import pytest
 
-from vhdcore.disk.writers import DynamicWriter, RawWriter
+from vhdcore.disk.writers import RawWriter
+from vhdcore.formats.vhd.writers import DynamicWriter
 from vhdcore.io.imagefile import open_image_file
 from vhdcore.ops.convert import convert, remove_stale_temps
 from vhdcore.testing import faults

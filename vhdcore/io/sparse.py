@@ -11,13 +11,13 @@ gets its zeros written, so the contents are always exactly ``view``.
 
 from __future__ import annotations
 
-from ..disk.writers import SPARSE_GRANULARITY, nonzero_runs
+from ..disk.zeros import SPARSE_GRANULARITY, nonzero_runs
 
 
 def write_sparse(file, position: int, view, fresh_from: int) -> int:
     """Write ``view`` at ``position`` of ``file``, skipping zeros at or past ``fresh_from``.
 
-    Zeros are judged in :data:`vhdcore.disk.writers.SPARSE_GRANULARITY` chunks
+    Zeros are judged in :data:`vhdcore.disk.zeros.SPARSE_GRANULARITY` chunks
     aligned to the *file* (so each skipped chunk can be a whole hole).
 
     Args:

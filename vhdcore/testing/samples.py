@@ -34,7 +34,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-from ..formats.vhd.bat import bat_bytes, bitmap_bytes_for, blocks_needed
+from ..formats.vhd import layout
+from ..formats.vhd.bat import bitmap_bytes_for, blocks_needed
 from ..formats.vhd.batmap import BATMAP_VERSION_1_2, Batmap
 from ..formats.vhd.constants import (
     BAT_UNUSED,
@@ -50,6 +51,7 @@ from ..formats.vhd.constants import (
 from ..formats.vhd.footer import Footer
 from ..formats.vhd.header import DynamicHeader, ParentLocator, encode_parent_name
 from ..formats.vhd.locators import encode_locator
+from ..formats.vhd.xen import batmap_sectors
 from ..io.imagefile import open_image_file
 
 __all__ = [
@@ -216,14 +218,14 @@ def build_dynamic(
     disk_type = DISK_DYNAMIC if parent is None else DISK_DIFFERENCING
     entries = blocks_needed(size, block_size)
     bitmap_bytes = bitmap_bytes_for(block_size)
-    position = 1536 + bat_bytes(entries)
+    position = layout.table_end(entries)
     pieces: List[Tuple[int, bytes]] = []
 
     batmap_at = None
     if blktap:
         batmap_at = position
-        map_sectors = _round_up(-(-entries // 8), SECTOR_SIZE) // SECTOR_SIZE
-        position += SECTOR_SIZE + map_sectors * SECTOR_SIZE
+        map_sectors = batmap_sectors(entries)
+        position = layout.metadata_end(entries, map_sectors)
 
     locators = []
     header_kwargs = {}
@@ -275,10 +277,11 @@ def build_dynamic(
         disk_type, size, uuid=uuid or _uuid(name), timestamp=TIMESTAMP,
         creator_app=creator[0], creator_version=creator[1], creator_os=creator[2],
     )
-    header = DynamicHeader.new(entries, block_size, table_offset=1536, **header_kwargs)
-    raw_table = table.astype(">u4").tobytes().ljust(bat_bytes(entries), b"\xff")
+    header = DynamicHeader.new(entries, block_size, table_offset=layout.TABLE_OFFSET,
+                               **header_kwargs)
+    raw_table = layout.encode_table(table, entries)
     footer_at = _round_up(position, SECTOR_SIZE)
-    pieces = [(0, footer.to_bytes()), (512, header.to_bytes()), (1536, raw_table)] + pieces
+    pieces = layout.new_metadata(footer.to_bytes(), header.to_bytes(), raw_table) + pieces
     pieces.append((footer_at, footer.to_bytes()))
     return _write_pieces(path, footer_at + FOOTER_SIZE, pieces)
 
@@ -298,17 +301,17 @@ def build_full_dynamic(path, size: int, *, block_size: int = BLOCK, name: str = 
     entries = blocks_needed(size, block_size)
     bitmap_bytes = bitmap_bytes_for(block_size)
     span = bitmap_bytes + block_size
-    first = 1536 + bat_bytes(entries)
+    first = layout.table_end(entries)
     order = np.arange(entries, dtype=np.uint64)
     if shuffled:
         order = np.random.default_rng(_seed(name)).permutation(order)
     table = first // SECTOR_SIZE + order * (span // SECTOR_SIZE)
-    raw_table = table.astype(">u4").tobytes().ljust(bat_bytes(entries), b"\xff")
+    raw_table = layout.encode_table(table.astype(np.uint32), entries)
     footer = Footer.new(DISK_DYNAMIC, size, uuid=_uuid(name), timestamp=TIMESTAMP)
-    header = DynamicHeader.new(entries, block_size, table_offset=1536)
+    header = DynamicHeader.new(entries, block_size, table_offset=layout.TABLE_OFFSET)
     end = first + entries * span
-    pieces = [(0, footer.to_bytes()), (512, header.to_bytes()), (1536, raw_table),
-              (end, footer.to_bytes())]
+    pieces = layout.new_metadata(footer.to_bytes(), header.to_bytes(), raw_table)
+    pieces.append((end, footer.to_bytes()))
     if bitmaps:
         ones = b"\xff" * bitmap_bytes
         pieces += [(int(sector) * SECTOR_SIZE, ones) for sector in table]
@@ -642,7 +645,7 @@ def header_bad_checksum(directory) -> Sample:
     name = "header_bad_checksum"
     path, digest = _dynamic(directory, name)
     stored = _read_header(path).checksum
-    _patch(path, 512 + 36, ((stored + 1) & 0xFFFFFFFF).to_bytes(4, "big"))
+    _patch(path, layout.HEADER_OFFSET + 36, ((stored + 1) & 0xFFFFFFFF).to_bytes(4, "big"))
     return _sample(name, path, ["header.checksum"], 2, repair="yes", digest=digest,
                    description="dynamic header checksum off by one")
 
@@ -660,7 +663,8 @@ def header_table_outside(directory) -> Sample:
 
 def header_table_unaligned(directory) -> Sample:
     return _header_sample(directory, "header_table_unaligned", ["header.table_offset"],
-                          "table offset 0x604, not sector-aligned", table_offset=1536 + 4)
+                          "table offset 0x604, not sector-aligned",
+                          table_offset=layout.TABLE_OFFSET + 4)
 
 
 def header_block_size_not_pow2(directory) -> Sample:
@@ -767,7 +771,7 @@ def bat_last_partial_block(directory) -> Sample:
 def bat_zeroed_sector(directory) -> Sample:
     name = "bat_zeroed_sector"
     path, digest = _dynamic(directory, name)
-    _patch(path, 1536, bytes(SECTOR_SIZE))
+    _patch(path, layout.TABLE_OFFSET, bytes(SECTOR_SIZE))
     return _sample(name, path, ["bat.outside"], 2, repair="force", content_kept=False,
                    digest=digest, description="the BAT's sector zeroed: every entry says 0")
 
@@ -779,7 +783,7 @@ def bat_zeroed_sector(directory) -> Sample:
 def batmap_bad_checksum(directory) -> Sample:
     name = "batmap_bad_checksum"
     path, digest = _dynamic(directory, name, blktap=True, full_blocks=(0,))
-    header_at = 1536 + bat_bytes(blocks_needed(SIZE, BLOCK))
+    header_at = layout.table_end(blocks_needed(SIZE, BLOCK))
     _patch(path, header_at + 24, (0x0BADBEEF).to_bytes(4, "big"))
     return _sample(name, path, ["batmap.checksum"], 0, digest=digest,
                    description="blktap batmap whose checksum is wrong (a warning: only a hint)")
@@ -788,7 +792,7 @@ def batmap_bad_checksum(directory) -> Sample:
 def batmap_unallocated_full(directory) -> Sample:
     name = "batmap_unallocated_full"
     path, digest = _dynamic(directory, name, blktap=True, full_blocks=(0,))
-    header_at = 1536 + bat_bytes(blocks_needed(SIZE, BLOCK))
+    header_at = layout.table_end(blocks_needed(SIZE, BLOCK))
     batmap = Batmap.from_bytes(_read(path, header_at, SECTOR_SIZE), header_offset=header_at)
     map_bytes = bytearray(_read(path, batmap.batmap_offset, batmap.size_bytes))
     map_bytes[0] |= 0x80 >> 1  # block 1 is not allocated

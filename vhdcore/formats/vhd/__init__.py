@@ -49,7 +49,8 @@ def writer(subformat: str, out, *, source=None, azure=False, block_size=None, **
     the sink gets it from a first pass over ``source`` (which must then be
     seekable).
     """
-    from ...disk.writers import make_writer, plan_blocks
+    from ...disk.writers import plan_blocks
+    from .writers import make_writer
     from ...errors import ConversionError
     from .constants import DEFAULT_BLOCK_SIZE
     from .output import AZURE_MAX_SIZE

@@ -22,10 +22,9 @@ from typing import Optional
 from ...errors import ArgumentLimitError, LimitError, UnsafeParentError, VHDError
 from ...io import atomic
 from . import bat as batmod
-from . import chain
+from . import chain, layout
 from .blocksize import check_new_block_size
 from .constants import (
-    BAT_UNUSED,
     DEFAULT_BLOCK_SIZE,
     DISK_DIFFERENCING,
     DISK_DYNAMIC,
@@ -41,7 +40,6 @@ from .header import DynamicHeader, ParentLocator
 from .locators import encode_locator, relative_parent_path
 
 TYPES = {"fixed": DISK_FIXED, "dynamic": DISK_DYNAMIC, "differencing": DISK_DIFFERENCING}
-TABLE_OFFSET = 1536  # after the footer copy (0) and the dynamic header (512)
 #: What a refusal to replace an existing file says: the library keyword
 #: and the flag a command-line user can type.
 OVERWRITE_ADVICE = "file exists (pass overwrite=True, or --force on the command line)"
@@ -75,8 +73,7 @@ def _dynamic_layout(path, size, disk_type, block_size, footer, parent, xen=False
     follow the batmap, as ``vhd-util create`` / ``snapshot`` lay them out.
     """
     entries = batmod.blocks_needed(size, block_size)
-    table_bytes = batmod.bat_bytes(entries)
-    position = TABLE_OFFSET + table_bytes
+    position = layout.table_end(entries)
     batmap_pieces = []
     if xen:
         from .xen import new_batmap
@@ -104,14 +101,12 @@ def _dynamic_layout(path, size, disk_type, block_size, footer, parent, xen=False
             payloads.append((position, data))
             position += space
     header = DynamicHeader.new(
-        entries, block_size, table_offset=TABLE_OFFSET, parent_uuid=parent_uuid,
+        entries, block_size, table_offset=layout.TABLE_OFFSET, parent_uuid=parent_uuid,
         parent_timestamp=parent_timestamp, parent_name=parent_name, locators=tuple(locators),
     )
     footer_bytes = footer.to_bytes()
-    table = BAT_UNUSED.to_bytes(4, "big") * entries
-    # qemu pads the table's last sector with 0xFF, blktap with zeros.
-    table += (b"\0" if xen else b"\xff") * (table_bytes - len(table))
-    pieces = [(0, footer_bytes), (512, header.to_bytes()), (TABLE_OFFSET, table)]
+    table = layout.encode_table(None, entries, padding=b"\0" if xen else b"\xff")
+    pieces = layout.new_metadata(footer_bytes, header.to_bytes(), table)
     pieces += batmap_pieces
     pieces += payloads
     pieces.append((position, footer_bytes))

@@ -10,7 +10,7 @@ the last 511 in images from before Virtual PC 2004.
 
 from __future__ import annotations
 
-from typing import Callable, Tuple
+from typing import Callable, List, Tuple
 
 from .constants import FOOTER_COOKIE, FOOTER_SIZE, LEGACY_FOOTER_SIZE, SECTOR_SIZE
 
@@ -18,6 +18,46 @@ from .constants import FOOTER_COOKIE, FOOTER_SIZE, LEGACY_FOOTER_SIZE, SECTOR_SI
 HEADER_OFFSET = FOOTER_SIZE
 #: The table follows the dynamic header (512 + 1024).
 TABLE_OFFSET = 1536
+
+
+def table_end(entries: int) -> int:
+    """The first byte after a new disk's table of ``entries`` entries (padded to a sector)."""
+    from .bat import bat_bytes  # bat imports this module
+
+    return TABLE_OFFSET + bat_bytes(entries)
+
+
+def metadata_end(entries: int, batmap_sectors: int = 0) -> int:
+    """The first byte after a new disk's fixed metadata: the table and, for blktap's
+    layout (``batmap_sectors`` > 0), the batmap's header sector and map after it.
+    Locators and blocks go from here."""
+    end = table_end(entries)
+    return end + (1 + batmap_sectors) * SECTOR_SIZE if batmap_sectors else end
+
+
+def encode_table(entries_array, entries: int, padding: bytes = b"\xff") -> bytes:
+    """The on-disk table: ``entries`` big-endian entries, the last sector padded.
+
+    ``entries_array`` is the decoded table (uint32), or ``None`` for a new
+    disk's (every entry unused). qemu pads with ``0xFF`` (unused entries),
+    blktap with zeros.
+    """
+    from ..._backend import kernels
+    from .constants import BAT_UNUSED
+
+    table = bytearray(padding * (table_end(entries) - TABLE_OFFSET))
+    if entries_array is None:
+        table[: entries * 4] = BAT_UNUSED.to_bytes(4, "big") * entries
+    else:
+        table[: entries * 4] = kernels.bat_encode(entries_array[:entries])
+    return bytes(table)
+
+
+def new_metadata(footer: bytes, header: bytes, table: bytes) -> List[Tuple[int, bytes]]:
+    """``[(offset, bytes)]`` of a new dynamic disk's leading structures: the footer
+    copy, the dynamic header and the table, where :data:`HEADER_OFFSET` and
+    :data:`TABLE_OFFSET` put them."""
+    return [(0, footer), (HEADER_OFFSET, header), (TABLE_OFFSET, table)]
 
 
 def footer_offset_for(file_size: int) -> int:
@@ -50,4 +90,13 @@ def read_primary_footer(read: Callable[[int, int, str], bytes],
     return raw, offset, False
 
 
-__all__ = ["HEADER_OFFSET", "TABLE_OFFSET", "footer_offset_for", "read_primary_footer"]
+__all__ = [
+    "HEADER_OFFSET",
+    "TABLE_OFFSET",
+    "encode_table",
+    "footer_offset_for",
+    "metadata_end",
+    "new_metadata",
+    "read_primary_footer",
+    "table_end",
+]

@@ -6,9 +6,9 @@ the conversion writers.
 
 from __future__ import annotations
 
-from ...disk.writers import TABLE_OFFSET, DynamicWriter
-from . import bat as batmod
+from . import layout
 from .constants import BAT_UNUSED, SECTOR_SIZE
+from .writers import DynamicWriter
 from .xen import (
     TAP_CREATOR,
     XEN_BLOCK_SIZE,
@@ -37,8 +37,8 @@ class XenDynamicWriter(DynamicWriter):
                          creator=TAP_CREATOR)
 
     def _data_start(self) -> int:
-        self.batmap_at = TABLE_OFFSET + batmod.bat_bytes(self.capacity)
-        return self.batmap_at + SECTOR_SIZE + batmap_sectors(self.capacity) * SECTOR_SIZE
+        self.batmap_at = layout.table_end(self.capacity)
+        return layout.metadata_end(self.capacity, batmap_sectors(self.capacity))
 
     def _allocate(self, block: int) -> int:
         position = block_start(self.next_free, len(self.bitmap))
