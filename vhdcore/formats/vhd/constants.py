@@ -64,8 +64,8 @@ MAX_BLOCK_SIZE = 256 * 1024 * 1024
 # entries, enough for 2040 GiB in blocks of 128 KiB or more.
 MAX_BAT_BYTES = 64 * 1024 * 1024
 
-# Default depth limit for differencing chains (XenServer's MAX_CHAIN_SIZE).
-DEFAULT_MAX_CHAIN_DEPTH = 30
+# Default depth limit for differencing chains: the one every format's chain uses.
+from ...disk.chain import DEFAULT_MAX_CHAIN_DEPTH  # noqa: E402,F401
 
 # Parent locator platform codes.
 PLATFORM_NONE = b"\0\0\0\0"
