@@ -125,11 +125,11 @@ def test_raw_bytes_are_accepted():
 @pytest.mark.parametrize(
     ("where", "sector"),
     [
-        ("zero (the footer copy)", 0),
-        ("the header", 1),
-        ("the BAT", 3),
-        ("the footer", _sector(2)),
-        ("past the file", 0xFFFFFFF0),
+        ("over the metadata (the footer copy)", 0),
+        ("over the metadata (the dynamic header)", 1),
+        ("over the metadata (the BAT)", 3),
+        ("over the footer", _sector(2)),
+        ("running past the end of the file", 0xFFFFFFF0),
     ],
 )
 def test_blocks_outside_the_data_area(where, sector):
@@ -140,7 +140,8 @@ def test_blocks_outside_the_data_area(where, sector):
     problem = problems[0]
     assert "BAT entry 3" in problem.message and f"{sector * 512:#x}" in problem.message
     assert problem.offset == 1536 + 4 * 3
-    with pytest.raises(CorruptImageError, match="outside the data area"):
+    assert where in problem.message
+    with pytest.raises(CorruptImageError, match="puts block"):
         raise_for(problems)
 
 
@@ -151,16 +152,17 @@ def test_last_partial_block_is_checked_too():
 
 
 def test_duplicate_entries_overlap_each_other():
+    # One finding per pair, blaming the higher index, as vhd-util's "clobbers".
     problems = _check(*_image({1: _sector(0), 4: _sector(0)}, blocks_in_file=1))
-    assert [p.code for p in problems] == ["bat.overlap", "bat.overlap"]
-    assert "BAT entry 1" in problems[0].message and "BAT entry 4" in problems[0].message
-    assert "BAT entry 4" in problems[1].message and "BAT entry 1" in problems[1].message
+    assert [p.code for p in problems] == ["bat.overlap"]
+    assert "BAT entry 4" in problems[0].message and "BAT entry 1" in problems[0].message
+    assert "points at the same block" in problems[0].message
 
 
 def test_overlap_by_one_sector_names_both_offsets():
     second = _sector(1) - 1
     problems = _check(*_image({2: _sector(0), 6: second}, blocks_in_file=2))
-    assert sorted(p.code for p in problems) == ["bat.overlap", "bat.overlap"]
+    assert [p.code for p in problems] == ["bat.overlap"]
     text = " ".join(p.message for p in problems)
     assert f"{_sector(0) * 512:#x}" in text and f"{second * 512:#x}" in text
     with pytest.raises(CorruptImageError, match="overlaps"):

@@ -25,8 +25,10 @@ from typing import Callable, List, Optional, Tuple, Union
 
 from ...errors import ChecksumError, CorruptImageError, FormatError, UnsupportedError
 from ...problems import Problem
+from ...problems import where as _where
 from .bat import bat_bytes
-from .constants import BAT_UNUSED, BATMAP_COOKIE, LEGACY_FOOTER_SIZE, SECTOR_SIZE
+from .constants import BAT_UNUSED, BATMAP_COOKIE, SECTOR_SIZE
+from .layout import footer_offset_for
 
 __all__ = [
     "Batmap",
@@ -48,11 +50,6 @@ _TAP_BATMAP_ALWAYS = 0x00010002
 
 PathLike = Union[str, "os.PathLike[str]"]
 Reader = Callable[[int, int], bytes]
-
-
-def _where(path) -> str:
-    text = os.fspath(path) if path != "" else ""
-    return text or "<image>"
 
 
 def batmap_checksum(map_bytes, version: int = BATMAP_VERSION_1_2) -> int:
@@ -285,9 +282,7 @@ class Batmap:
                 )
                 placement_ok = False
         if file_size is not None:
-            footer_start = file_size - (
-                LEGACY_FOOTER_SIZE if file_size % SECTOR_SIZE == LEGACY_FOOTER_SIZE else SECTOR_SIZE
-            )
+            footer_start = footer_offset_for(file_size)
             if self.end > footer_start:
                 add(
                     "batmap.offset",

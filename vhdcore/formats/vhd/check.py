@@ -79,6 +79,7 @@ from .constants import (
 )
 from .footer import Footer
 from .header import DynamicHeader
+from .layout import read_primary_footer
 from .locators import candidate_paths, decode_locator
 
 __all__ = [
@@ -209,9 +210,10 @@ PROBLEM_CODES: Dict[str, str] = {
     "data.stale": "warning: differencing disk with stale data under clear bitmap bits",
 }
 
+# tapdisk overwrites the footer with this while open.
 _KILLED_BYTE = 0xC7
 # Entries per pass of the block-order scan (256 KiB of uint32: cache-sized).
-_ORDER_CHUNK = 1 << 16  # tapdisk overwrites the footer with this while open
+_ORDER_CHUNK = 1 << 16
 
 _FOOTER_FIELDS = [f.name for f in dataclasses.fields(Footer)]
 # Footer fields a resize changes (besides the checksum it recomputes).
@@ -592,13 +594,8 @@ class _Checker:
             self.stop("no footer: the file is too small")
 
         # The primary: the last 512 bytes, or a legacy 511-byte footer.
-        primary_offset = size - FOOTER_SIZE
-        raw = self.read(primary_offset, FOOTER_SIZE, "footer") if primary_offset >= 0 else b""
-        legacy = False
-        if raw[:8] != FOOTER_COOKIE and size % SECTOR_SIZE == LEGACY_FOOTER_SIZE:
-            raw = self.read(size - LEGACY_FOOTER_SIZE, LEGACY_FOOTER_SIZE, "footer")
-            primary_offset = size - LEGACY_FOOTER_SIZE
-            legacy = raw[:8] == FOOTER_COOKIE
+        raw, primary_offset, legacy = read_primary_footer(self.read, size)
+        legacy = legacy and raw[:8] == FOOTER_COOKIE
         primary = Footer.from_bytes(raw)
         cookie_ok = primary.cookie == FOOTER_COOKIE
         primary_problems = self._footer_problems(primary, primary_offset, size) if cookie_ok else []
@@ -952,7 +949,6 @@ class _Checker:
         table_ok = not any(
             p.code in ("header.table_offset", "header.table_size") for p in header_problems
         )
-        self._header_problems = header_problems
         if block_ok and block_size > 2 * 1024 * 1024:
             self.add(
                 "header.block_size_compat",
@@ -1100,15 +1096,8 @@ class _Checker:
             total += len(used)
             done += count
         if total:
-            self.add(
-                "bat.beyond_size",
-                f"{plural(total, 'BAT entry', 'BAT entries')} past the "
-                f"{plural(entries, 'block')} of the virtual size "
-                f"{'is' if total == 1 else 'are'} "
-                f"allocated (first: entry {first}); readers ignore "
-                f"{'it' if total == 1 else 'them'}",
-                "warning", header.table_offset + 4 * first,
-            )
+            self.extend([batmod.beyond_size_problem(total, first, entries, header.table_offset,
+                                                    self.path)])
 
     def _sane_locators(self, header, header_offset, limit):
         """Locators whose data count as metadata: used, known, inside the file."""
@@ -1189,137 +1178,20 @@ class _Checker:
         return True, (np.concatenate(splits) if splits else np.zeros(0, dtype=np.int64))
 
     def _check_bat(self, header, table, metadata_end, span) -> None:
-        report, size = self.report, self.size
-        limit = self._data_limit()
-        starts = self._starts
-        if self._ordered and (
-            not len(starts)
-            or int(starts[0]) * SECTOR_SIZE >= metadata_end
-            and int(starts[-1]) * SECTOR_SIZE + span <= limit
-        ):
-            # In order, disjoint, inside the data area: nothing is misplaced.
-            count = len(starts)
-            last_end = int(starts[-1]) * SECTOR_SIZE + span if count else 0
-            bad = np.zeros(0, dtype=np.int64)
-        else:
-            count, last_end, bad = kernels.bat_scan(
-                table, header.block_size, header.bitmap_bytes, metadata_end, limit
-            )
-            bad = np.asarray(bad, dtype=np.int64)
-        report.counts["allocated_blocks"] = int(count)
-        report.counts["data_end"] = int(last_end)
+        report = self.report
+        placement = batmod.check_placement(
+            table, header, metadata_end, self._data_limit(), self.size, self.path,
+            header_offset=report.footer.data_offset,
+            in_order=self._starts if self._ordered else None,
+        )
+        report.counts["allocated_blocks"] = placement.allocated
+        report.counts["data_end"] = placement.data_end
         empty = np.zeros(0, dtype=np.int64)
-        report.outside_entries = report.overlap_entries = empty
-        if not len(bad):
-            return
-        starts = table[bad].astype(np.int64) * SECTOR_SIZE
-        into_metadata = starts < metadata_end
-        past_limit = starts + span > limit
-        outside = into_metadata | past_limit
-        report.outside_entries = bad[outside]
-        if outside.any():
-            # A block thrown over the metadata or past the file also
-            # "overlaps" its neighbours; judge overlaps without it.
-            inside = table.copy()
-            inside[bad[outside]] = BAT_UNUSED
-            _, _, overlapping = kernels.bat_scan(
-                inside, header.block_size, header.bitmap_bytes, 0, 1 << 62
-            )
-            report.overlap_entries = np.asarray(overlapping, dtype=np.int64)
-        else:
-            report.overlap_entries = bad
-        table_at = header.table_offset
-
-        shown = 0
-        for index, start in zip(bad[outside][:MAX_REPORTED].tolist(),
-                                starts[outside][:MAX_REPORTED].tolist()):
-            end = start + span
-            if start < metadata_end:
-                where = (
-                    f"over the metadata ({self._metadata_name(header, start)}), "
-                    f"which ends at {metadata_end:#x}"
-                )
-            elif start <= limit and limit + FOOTER_SIZE <= size:
-                where = f"over the footer at {limit:#x}"
-                if end > size:
-                    where += f" and past the end of the file ({size:#x})"
-            else:
-                where = f"running past the end of the file ({size:#x})"
-            self.add(
-                "bat.outside",
-                f"BAT entry {index} (at {table_at + 4 * index:#x}) puts block "
-                f"{start:#x}..{end:#x} {where}",
-                offset=table_at + 4 * index,
-            )
-            shown += 1
-        hidden = int(np.count_nonzero(outside)) - shown
-        if hidden > 0:
-            self.add(
-                "bat.outside",
-                f"{hidden} more BAT entries put blocks outside the data area "
-                f"{metadata_end:#x}..{limit:#x}",
-                offset=table_at,
-            )
-
-        overlap = report.overlap_entries
-        if len(overlap):
-            allocated = np.flatnonzero(table != BAT_UNUSED)
-            block_starts = table[allocated].astype(np.int64) * SECTOR_SIZE
-            order = np.argsort(block_starts, kind="stable")
-            sorted_starts = block_starts[order]
-            sorted_index = allocated[order]
-            position_of = np.empty(len(allocated), dtype=np.int64)
-            position_of[order] = np.arange(len(allocated))
-            rank = np.searchsorted(allocated, overlap[: 2 * MAX_REPORTED])
-            pairs = set()
-            for pos in position_of[rank].tolist():
-                if len(pairs) == MAX_REPORTED:
-                    break
-                if pos + 1 < len(sorted_starts) and \
-                        sorted_starts[pos + 1] < sorted_starts[pos] + span:
-                    first, second = pos, pos + 1
-                else:
-                    first, second = pos - 1, pos
-                # Blame the block that starts inside the other (for equal
-                # starts, the higher index), as vhd-util's "clobbers" does.
-                index, other = int(sorted_index[second]), int(sorted_index[first])
-                start, other_start = int(sorted_starts[second]), int(sorted_starts[first])
-                if start == other_start and index < other:
-                    index, other = other, index
-                if (index, other) in pairs:
-                    continue
-                pairs.add((index, other))
-                if other_start == start:
-                    what = f"points at the same block ({start:#x}) as BAT entry {other}"
-                else:
-                    shared = other_start + span - start
-                    what = (
-                        f"(block {start:#x}..{start + span:#x}) overlaps BAT entry {other} "
-                        f"(block {other_start:#x}..{other_start + span:#x}) by {shared} bytes"
-                    )
-                self.add(
-                    "bat.overlap",
-                    f"BAT entry {index} (at {table_at + 4 * index:#x}) {what}",
-                    offset=table_at + 4 * index,
-                )
-            if len(overlap) > 2 * len(pairs):
-                self.add(
-                    "bat.overlap",
-                    f"{len(overlap)} BAT entries overlap other blocks in all; "
-                    f"the first {plural(len(pairs), 'overlap')} "
-                    f"{'is' if len(pairs) == 1 else 'are'} listed above",
-                    offset=table_at,
-                )
-
-    def _metadata_name(self, header, start) -> str:
-        header_offset = self.report.footer.data_offset
-        if start < SECTOR_SIZE:
-            return "the footer copy"
-        if header_offset <= start < header_offset + DYNAMIC_HEADER_SIZE:
-            return "the dynamic header"
-        if header.table_offset <= start < header.table_end:
-            return "the BAT"
-        return "the batmap or parent locator data"
+        report.outside_entries = np.asarray(placement.outside, dtype=np.int64) if len(
+            placement.outside) else empty
+        report.overlap_entries = np.asarray(placement.overlap, dtype=np.int64) if len(
+            placement.overlap) else empty
+        self.extend(placement.problems)
 
     # -- leaks ---------------------------------------------------------------
 
