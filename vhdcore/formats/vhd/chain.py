@@ -24,25 +24,38 @@ from ...errors import (
     ParentNotFoundError,
     UnsafeParentError,
 )
+from .constants import KNOWN_PLATFORMS
 from .locators import candidate_paths
 
 # A locator's payload is a path: anything longer than this is not one.
 MAX_LOCATOR_BYTES = 64 * 1024
 
 
-def locator_payloads(child):
-    """``{index: bytes}`` of the child's locator data that lies inside its file."""
+def read_payloads(header, read, file_size: int, *, known_only: bool = False):
+    """``{index: bytes}`` of the locator data of ``header`` that lies inside the file.
+
+    A payload longer than :data:`MAX_LOCATOR_BYTES` is no path and is
+    skipped, as is one that runs past ``file_size``; ``known_only`` skips
+    platform codes the specification does not define too.
+
+    Args:
+        read: ``read(offset, length, what) -> bytes`` (an ImageFile's ``pread``).
+    """
     payloads = {}
-    size = child.file_size
-    for index, locator in enumerate(child.header.locators):
-        if locator.is_unused:
+    for index, locator in enumerate(header.locators):
+        if locator.is_unused or (known_only and locator.code not in KNOWN_PLATFORMS):
             continue
         length = locator.data_length
         offset = locator.data_offset
-        if not 0 < length <= MAX_LOCATOR_BYTES or offset < 0 or offset + length > size:
+        if not 0 < length <= MAX_LOCATOR_BYTES or offset < 0 or offset + length > file_size:
             continue
-        payloads[index] = child._file.pread(offset, length, f"parent locator {index}")
+        payloads[index] = read(offset, length, f"parent locator {index}")
     return payloads
+
+
+def locator_payloads(child):
+    """``{index: bytes}`` of the child's locator data that lies inside its file."""
+    return read_payloads(child.header, child._file.pread, child.file_size)
 
 
 def open_parent(child, policy: ParentPolicy, *, depth=0, seen=None):
@@ -103,4 +116,4 @@ def open_parent(child, policy: ParentPolicy, *, depth=0, seen=None):
 
 
 __all__ = ["ParentPolicy", "file_identity", "locator_payloads", "open_parent",
-           "screen_candidates"]
+           "read_payloads", "screen_candidates"]

@@ -60,7 +60,7 @@ from .. import probe
 from . import bat as batmod
 from .batmap import expects_batmap, find_batmap
 from .blocksize import MIN_PORTABLE_BLOCK_SIZE
-from .chain import MAX_LOCATOR_BYTES, ParentPolicy, file_identity, screen_candidates
+from .chain import ParentPolicy, file_identity, read_payloads, screen_candidates
 from .constants import (
     BAT_UNUSED,
     DISK_DIFFERENCING,
@@ -1376,15 +1376,10 @@ class _Checker:
                 offset=None, error=LimitError,
             )
             return None
-        payloads = {}
-        for index, locator in enumerate(header.locators):
-            if locator.is_unused or locator.code not in KNOWN_PLATFORMS:
-                continue
-            offset, length = locator.data_offset, locator.data_length
-            if not 0 < length <= MAX_LOCATOR_BYTES or offset + length > self.size:
-                continue
-            data = self.read(offset, length, f"parent locator {index}")
-            payloads[index] = data
+        payloads = read_payloads(header, self.read, self.size, known_only=True)
+        for index, data in payloads.items():
+            locator = header.locators[index]
+            offset = locator.data_offset
             try:
                 text = decode_locator(locator.code, data)
             except (FormatError, UnsupportedError) as exc:
@@ -1465,16 +1460,17 @@ def _peek_footer(path) -> Optional[Footer]:
     """The footer of a would-be parent (the primary, else the copy at 0), or None."""
     with open_image_file(path) as parent:
         size = parent.size()
-        candidates = []
+        raws = []
         if size >= FOOTER_SIZE:
-            candidates.append(size - FOOTER_SIZE)
+            raws.append(read_primary_footer(parent.pread, size)[0])
         if size >= 2 * FOOTER_SIZE:
-            candidates.append(0)
-        for offset in candidates:
-            footer = Footer.from_bytes(parent.pread(offset, FOOTER_SIZE, "footer"))
+            raws.append(None)  # the copy at 0, read only if the primary fails
+        for raw in raws:
+            copy = raw is None
+            footer = Footer.from_bytes(parent.pread(0, FOOTER_SIZE, "footer copy") if copy
+                                       else raw)
             if footer.cookie == FOOTER_COOKIE and footer.checksum == footer.computed_checksum:
-                if offset == 0 and footer.disk_type == DISK_FIXED:
+                if copy and footer.disk_type == DISK_FIXED:
                     continue
                 return footer
     return None
-
