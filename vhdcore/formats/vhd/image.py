@@ -600,71 +600,10 @@ class VHD:
         """Write ``data`` at virtual ``offset``; returns the bytes written.
 
         Writing zeros into an unallocated block of a dynamic disk allocates
-        nothing. Writes past the virtual size are refused.
+        nothing. Writes past the virtual size are refused. One piece of
+        :meth:`write_many`, the one write path.
         """
-        if self.mode != "r+":
-            raise ReadOnlyError(f"{self.path}: image is open read-only")
-        view = memoryview(data)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        length = total = len(view)
-        self._check_range(offset, length)
-        if length == 0:
-            return 0
-        if self._bat_table is None:
-            self._file.pwrite(offset, view)
-            return length
-        head = offset % SECTOR_SIZE
-        tail = (offset + length) % SECTOR_SIZE
-        if self.parent is not None and (head or tail):
-            # A differencing disk tracks whole sectors: complete the partial
-            # ones from the current view of the chain.
-            start = offset - head
-            end = offset + length + ((SECTOR_SIZE - tail) if tail else 0)
-            merged = bytearray(self.read(start, SECTOR_SIZE)) if head else None
-            whole = bytearray(end - start)
-            if head:
-                whole[:SECTOR_SIZE] = merged
-            if tail:
-                whole[-SECTOR_SIZE:] = self.read(end - SECTOR_SIZE, SECTOR_SIZE)
-            whole[head : head + length] = view
-            offset, view, length = start, memoryview(whole), len(whole)
-        self._write_blocks(offset, view)
-        return total
-
-    def _write_blocks(self, offset, view):
-        block_size = self.block_size
-        length = len(view)
-        end = offset + length
-        # Which blocks need allocating (and are not skipped as zeros)?
-        pieces = []
-        position = offset
-        to_allocate = []
-        while position < end:
-            block = position // block_size
-            piece_end = min((block + 1) * block_size, end)
-            piece = view[position - offset : piece_end - offset]
-            if self._bat_view[block] == BAT_UNUSED:
-                if kernels.is_zero(piece) and self._zero_reads_through(position, piece_end):
-                    position = piece_end
-                    continue
-                to_allocate.append(block)
-            pieces.append((block, position, piece))
-            position = piece_end
-        if to_allocate:
-            self._allocate(to_allocate)
-        touched = []
-        for block, position, piece in pieces:
-            data_start = (
-                self._bat_view[block] * SECTOR_SIZE + self._bitmap_bytes
-                + (position - block * block_size)
-            )
-            self._file.pwrite(data_start, piece)
-            touched.append((block, position, len(piece)))
-        updates = {}
-        for block, position, size in touched:
-            self._bitmap_update(updates, block, position - block * block_size, size)
-        self._store_bitmaps(updates)
+        return self.write_many(((offset, data),))
 
     def _zero_reads_through(self, start, end) -> bool:
         """Whether leaving ``[start, end)`` unallocated already reads as zeros."""
@@ -733,20 +672,7 @@ class VHD:
         for i, block in enumerate(blocks):
             pending[block] = (first + i * stride) // SECTOR_SIZE
         self._next_free = new_end
-        for sector in sorted({block * 4 // SECTOR_SIZE for block in blocks}):
-            lo = sector * SECTOR_SIZE // 4
-            hi = min(lo + SECTOR_SIZE // 4, len(pending))
-            raw = bytearray(kernels.bat_encode(pending[lo:hi]))
-            if len(raw) < SECTOR_SIZE:
-                # The last BAT sector: keep what lies beyond the entries we own
-                # (padding, or entries past the disk's block count).
-                tail = self._file.pread(
-                    self.header.table_offset + lo * 4 + len(raw),
-                    SECTOR_SIZE - len(raw), "block allocation table",
-                )
-                raw += tail
-            f.pwrite(self.header.table_offset + lo * 4, raw)
-            self._bat_table[lo:hi] = pending[lo:hi]
+        self._store_bat(pending, blocks)
         for block in blocks:
             self._bitmaps[block] = bytearray(self._bitmap_bytes)
 
@@ -1039,7 +965,12 @@ class VHD:
             done += chunk
 
     def _store_bat(self, pending, blocks) -> None:
-        """Write the BAT sectors holding ``blocks`` from ``pending``, then adopt them."""
+        """Write the BAT sectors holding ``blocks`` from ``pending``, then adopt them.
+
+        The one BAT writer: whole sectors, each adopted in memory only once
+        written; the last sector keeps what lies beyond the entries (padding,
+        or entries past the disk's block count).
+        """
         for sector in sorted({block * 4 // SECTOR_SIZE for block in blocks}):
             lo = sector * SECTOR_SIZE // 4
             hi = min(lo + SECTOR_SIZE // 4, len(pending))
