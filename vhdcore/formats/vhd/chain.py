@@ -55,7 +55,7 @@ def read_payloads(header, read, file_size: int, *, known_only: bool = False):
 
 def locator_payloads(child):
     """``{index: bytes}`` of the child's locator data that lies inside its file."""
-    return read_payloads(child.header, child._file.pread, child.file_size)
+    return read_payloads(child.header, child.image_file.pread, child.file_size)
 
 
 def open_parent(child, policy: ParentPolicy, *, depth=0, seen=None):

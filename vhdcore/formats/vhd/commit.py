@@ -117,7 +117,7 @@ def commit(
             pieces = []
             used = 0
             done = 0
-            source = image._file
+            source = image.image_file
             for extent in runs:
                 position = 0
                 while position < extent.length:

@@ -77,7 +77,7 @@ def _read_zero(member, file_offset, length) -> bool:
     position = 0
     while position < length:
         chunk = min(4 << 20, length - position)
-        if not kernels.is_zero(member._file.pread(file_offset + position, chunk, "block data")):
+        if not kernels.is_zero(member.image_file.pread(file_offset + position, chunk, "block data")):
             return False
         position += chunk
     return True
@@ -85,7 +85,7 @@ def _read_zero(member, file_offset, length) -> bool:
 
 def _parent_reads_zero(image, offset, length) -> bool:
     members = image.chain
-    for extent in image._parent_extents(offset, length):
+    for extent in image.parent_extents(offset, length):
         if extent.state != ZERO and not _read_zero(
             members[extent.depth], extent.file_offset, extent.length
         ):
@@ -98,18 +98,18 @@ def _droppable(image, block, buffer) -> bool:
     block_size = image.block_size
     start = block * block_size
     length = min(block_size, image.footer.current_size - start)
-    data_start = int(image.bat[block]) * SECTOR_SIZE + image._bitmap_bytes
+    data_start = image.block_data_offset(block)
     view = memoryview(buffer)[:length]
     if image.parent is None:
-        image._file.preadinto(data_start, view, f"data of block {block}")
+        image.image_file.preadinto(data_start, view, f"data of block {block}")
         return kernels.is_zero(view)
     sectors = -(-length // SECTOR_SIZE)
-    bitmap = image._bitmap(block)
+    bitmap = image.bitmap(block)
     held = [(bit, count) for bit, count, is_set in kernels.bitmap_runs(bitmap, 0, sectors)
             if is_set]
     if not held:
         return True
-    image._file.preadinto(data_start, view, f"data of block {block}")
+    image.image_file.preadinto(data_start, view, f"data of block {block}")
     for bit, count in held:
         lo = bit * SECTOR_SIZE
         hi = min((bit + count) * SECTOR_SIZE, length)
@@ -216,10 +216,10 @@ def _write_compacted(image, keep, output, overwrite) -> int:
     output = os.fspath(output)
     if not overwrite and os.path.lexists(output):
         raise FileExistsError(17, OVERWRITE_ADVICE, output)
-    span = image._block_span
+    span = image.block_span
     header = image.header
-    base = image._metadata_end
-    meta = bytearray(image._file.pread(0, base, "metadata"))
+    base = image.metadata_end
+    meta = bytearray(image.image_file.pread(0, base, "metadata"))
     table = np.full(header.max_table_entries, BAT_UNUSED, dtype=np.uint32)
     position = base
     placed = []
@@ -244,7 +244,7 @@ def _write_compacted(image, keep, output, overwrite) -> int:
             done = 0
             while done < span:
                 chunk = min(len(view), span - done)
-                image._file.preadinto(source + done, view[:chunk], "block data")
+                image.image_file.preadinto(source + done, view[:chunk], "block data")
                 # A new file: its zero stretches stay holes.
                 write_sparse(out, target + done, view[:chunk], 0)
                 done += chunk

@@ -381,6 +381,56 @@ class VHD:
             return 0
         return len(self._bat_table) - self._bat_table.count(BAT_UNUSED)
 
+    # ------------------------------------------------------------------
+    # layout: what this package's maintenance operations (commit, resize,
+    # compact, repack) need to know of the file, read-only
+
+    @property
+    def image_file(self):
+        """The :class:`~vhdcore.io.imagefile.ImageFile` this image is read from."""
+        return self._file
+
+    @property
+    def bitmap_bytes(self) -> Optional[int]:
+        """Bytes of sector bitmap before each block's data (``None`` for fixed disks)."""
+        return None if self._bat_table is None else self._bitmap_bytes
+
+    @property
+    def block_span(self) -> Optional[int]:
+        """File bytes one block takes: bitmap plus data (``None`` for fixed disks)."""
+        return None if self._bat_table is None else self._block_span
+
+    @property
+    def metadata_end(self) -> Optional[int]:
+        """The first byte after every metadata structure (``None`` for fixed disks)."""
+        return None if self._bat_table is None else self._metadata_end
+
+    @property
+    def next_free(self) -> Optional[int]:
+        """Where the next new block goes: after the metadata and the last block."""
+        return None if self._bat_table is None else self._next_free
+
+    def block_data_offset(self, block: int) -> int:
+        """File offset of allocated ``block``'s data (after its bitmap)."""
+        return int(self._bat_view[block]) * SECTOR_SIZE + self._bitmap_bytes
+
+    def bitmap(self, block: int) -> bytes:
+        """A copy of the sector bitmap of allocated ``block``."""
+        return bytes(self._bitmap(block))
+
+    def store_bitmap(self, block: int, bitmap) -> None:
+        """Write ``block``'s sector bitmap, then adopt it (the cache follows the file)."""
+        if self.mode != "r+":
+            raise ReadOnlyError(f"{self.path}: image is open read-only")
+        bitmap = bytearray(bitmap)
+        self._file.pwrite(int(self._bat_view[block]) * SECTOR_SIZE, bitmap)
+        self._bitmaps[block] = bitmap
+
+    def parent_extents(self, offset: int, length: int) -> List[Extent]:
+        """What ``[offset, offset + length)`` reads as if this image held none of it:
+        the parent chain's extents (depth counted from this image), or zero."""
+        return self._parent_extents(offset, length)
+
     def __repr__(self):
         return f"<VHD {self.path!r} {self.type} {self.virtual_size} bytes mode={self.mode!r}>"
 

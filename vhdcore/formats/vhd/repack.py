@@ -121,8 +121,8 @@ def plan(image, blocks=None, *, full: bool) -> Tuple[List[Batch], int]:
         full: close holes smaller than a block too (``compact``), not
             only the ones a block fits in (``settle``).
     """
-    span = image._block_span
-    base = image._metadata_end
+    span = image.block_span
+    base = image.metadata_end
     if blocks is None:
         blocks = np.flatnonzero(image.bat != BAT_UNUSED).tolist()
     # Blocks over the metadata (check reports them) stay where they are.
@@ -136,7 +136,7 @@ def plan(image, blocks=None, *, full: bool) -> Tuple[List[Batch], int]:
     if full:
         # Appended blocks go after everything the table pointed at when
         # planning (moves into holes do not lower that mark).
-        batches += _slide(where, span, base, MIN_LEAK, image._next_free)
+        batches += _slide(where, span, base, MIN_LEAK, image.next_free)
     end = _round(max([base] + [s + span for s in where.values()]))
     return batches, end
 
@@ -150,7 +150,7 @@ def apply(image, batches: List[Batch], data_end: int) -> int:
     for batch in batches:
         image.relocate_blocks(batch)
         moved += len(batch)
-    f = image._file
+    f = image.image_file
     if data_end + FOOTER_SIZE < f.size():
         # The footer first, in space nothing references; then cut after it.
         f.pwrite(data_end, image.footer.to_bytes())

@@ -154,7 +154,7 @@ def rewrite_metadata(
         where placement is ``"unchanged"``, ``"gap"`` (free space after
         the tables) or ``"appended"`` (room made by moving blocks).
     """
-    f = image._file
+    f = image.image_file
     header = image.header
     table = header.table_offset
     old_entries = header.max_table_entries
@@ -216,7 +216,7 @@ def rewrite_metadata(
     starts = {int(b): int(image.bat[b]) * SECTOR_SIZE for b in live}
     moving = [b for b, s in starts.items() if s < tables_end]
     staying = [s for b, s in starts.items() if s >= tables_end]
-    limit = min(staying) if staying else image._next_free
+    limit = min(staying) if staying else image.next_free
     sizes = [space for *_rest, space in to_place]
     placement = "unchanged"
     offsets = []
@@ -362,20 +362,19 @@ def _clear_tail(image, block, start_in_block):
     entry = int(image.bat[block])
     if entry == BAT_UNUSED or start_in_block >= image.block_size:
         return
-    f = image._file
-    data_start = entry * SECTOR_SIZE + image._bitmap_bytes
+    f = image.image_file
+    data_start = image.block_data_offset(block)
     position = start_in_block
     while position < image.block_size:
         chunk = min(len(_ZEROS), image.block_size - position)
         f.pwrite(data_start + position, memoryview(_ZEROS)[:chunk])
         position += chunk
-    bitmap = bytearray(image._bitmap(block))
+    bitmap = bytearray(image.bitmap(block))
     first = -(-start_in_block // SECTOR_SIZE)
     count = image.block_size // SECTOR_SIZE - first
     if count > 0 and kernels.bitmap_count(bitmap, first, count):
         kernels.bitmap_fill(bitmap, first, count, False)
-        f.pwrite(entry * SECTOR_SIZE, bitmap)
-        image._bitmaps[block] = bitmap  # adopted once on disk
+        image.store_bitmap(block, bitmap)
 
 
 def _release_stale_entries(image, first, last) -> None:
@@ -383,7 +382,7 @@ def _release_stale_entries(image, first, last) -> None:
     if last <= first:
         return
     image.clear_batmap_bits(range(first, last))
-    f = image._file
+    f = image.image_file
     table = image.header.table_offset
     raw = f.pread(table + first * 4, (last - first) * 4, "block allocation table")
     if raw != b"\xff" * len(raw):
@@ -441,7 +440,7 @@ def resize(path, size: int, *, force: bool = False, **open_options) -> ResizeRes
 
 
 def _resize_fixed(image, footer, size) -> None:
-    f = image._file
+    f = image.image_file
     old_end = image.footer_offset
     if size > old_end:
         # The new footer first, so the file ends in a valid footer of the new
@@ -468,7 +467,7 @@ def _resize_fixed(image, footer, size) -> None:
 
 def _finish_fixed_grow(image, footer) -> None:
     """Zero an old footer left inside the data by an interrupted grow; settle the footer."""
-    f = image._file
+    f = image.image_file
     stale_at = image.footer.original_size
     if 0 <= stale_at < image.footer_offset and stale_at % SECTOR_SIZE == 0:
         old = Footer.from_bytes(f.pread(stale_at, FOOTER_SIZE, "old footer"))
@@ -485,7 +484,7 @@ def _finish_fixed_grow(image, footer) -> None:
 
 
 def _resize_dynamic(image, footer, size, result) -> None:
-    f = image._file
+    f = image.image_file
     block_size = image.block_size
     old_current = image.footer.current_size
     old_blocks = len(image.bat)
