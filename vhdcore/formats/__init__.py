@@ -22,7 +22,7 @@ from ..errors import UnsupportedError
 #: The format modules, in the order help texts and messages list them.
 #: Detection tries every format with a ``detect``; a file none recognises
 #: is ``raw``.
-ENTRIES = ("raw", "vhd")
+ENTRIES = ("raw", "vhd", "qcow2")
 
 
 @dataclass(frozen=True)
