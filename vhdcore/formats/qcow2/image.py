@@ -188,9 +188,9 @@ class Qcow2Disk:
         else:
             with open_image_file(path) as file:
                 fmt = detect(file)
-        options = dict(allow_parent_dirs=policy.allowed_dirs,
-                       allow_symlinks=policy.allow_symlinks,
-                       max_chain_depth=policy.max_depth - self._depth - 1)
+        options = {"allow_parent_dirs": policy.allowed_dirs,
+                   "allow_symlinks": policy.allow_symlinks,
+                   "max_chain_depth": policy.max_depth - self._depth - 1}
         if fmt.name == self.format:
             options.update(_policy=policy, _depth=self._depth + 1, _seen=self._seen)
         self.backing = fmt.open(path, **options)
@@ -330,15 +330,15 @@ class Qcow2Disk:
     def _decompress(self, data: bytes, host: int) -> bytes:
         cluster = self.cluster_size
         kind = self.header.compression
-        reader = None
+        reader, errors = None, (zlib.error,)
         if self.header.compression_type == C.COMPRESSION_ZSTD:
-            reader = _zstd_reader(self.path)
+            reader, errors = _zstd_reader(self.path)
         try:
             if reader is not None:
                 plain = reader(io.BytesIO(data)).read(cluster)
             else:
                 plain = zlib.decompressobj(-15).decompress(data, cluster)
-        except Exception as exc:  # zlib.error, zstandard.ZstdError: both mean bad bytes
+        except errors as exc:
             raise CorruptImageError(
                 f"{self.path}: qcow2 compressed cluster at {host:#x} does not decompress "
                 f"({kind}): {exc}"
@@ -421,7 +421,7 @@ def _unit_runs(units: T.Units, unit: int):
 
 
 def _zstd_reader(name):
-    """``reader(stream)``: a zstd decompressing reader, or a clear refusal."""
+    """``(reader(stream), its error class)`` for zstd, or a clear refusal."""
     try:
         import zstandard
     except ImportError:
@@ -430,7 +430,8 @@ def _zstd_reader(name):
             f"package: pip install vhdcore[zstd]"
         ) from None
     decompressor = zstandard.ZstdDecompressor()
-    return lambda stream: decompressor.stream_reader(stream, read_across_frames=False)
+    return (lambda stream: decompressor.stream_reader(stream, read_across_frames=False),
+            zstandard.ZstdError)
 
 
 def open(path, **options) -> Qcow2Disk:  # noqa: A001 - the registry's verb

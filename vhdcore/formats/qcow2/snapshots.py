@@ -66,7 +66,7 @@ def read_snapshots(file, header, file_size: int) -> List[Snapshot]:
                 f"{name}: qcow2 snapshot table at {header.snapshots_offset:#x} is larger "
                 f"than {C.MAX_SNAPSHOT_TABLE_BYTES >> 20} MiB"
             )
-        if position + size > file_size:
+        if position + _ENTRY.size + body > file_size:  # the last one's padding may be absent
             raise CorruptImageError(
                 f"{name}: qcow2 snapshot {index} at {position:#x} ({size} bytes) runs past "
                 f"the end of the file ({file_size} bytes)"

@@ -1,0 +1,549 @@
+"""Reading qcow2: every image qemu makes reads as qemu reads it, and hostile ones are refused.
+
+The referee is ``qemu-img convert -f qcow2 -O raw`` (the bytes) and
+``qemu-img map`` (what is allocated). Images are made by qemu-img and
+qemu-io in ``tmp_path``; without them the tests skip, and fail in CI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+
+import pytest
+
+import vhdcore
+from vhdcore import formats
+from vhdcore.disk.extent import DATA, ENCODED, PARENT, ZERO
+from vhdcore.disk.virtual import VirtualDisk
+from vhdcore.errors import (
+    ChainLoopError,
+    CorruptImageError,
+    ImageError,
+    LimitError,
+    UnsafeParentError,
+    UnsupportedError,
+)
+from vhdcore.formats.qcow2 import constants as C
+from vhdcore.formats.qcow2 import header as qcow2_header
+
+KiB, MiB = 1 << 10, 1 << 20
+
+pytestmark = pytest.mark.peer
+
+
+def _open(path, **options):
+    return formats.get("qcow2").open(path, **options)
+
+
+def _qemu_raw(peers, path, tmp_path) -> bytes:
+    out = tmp_path / (os.path.basename(path) + ".qemu.raw")
+    peers.run("qemu-img", "convert", "-f", "qcow2", "-O", "raw", path, out,
+              cwd=os.path.dirname(path))
+    return out.read_bytes()
+
+
+def _read_all(disk) -> bytes:
+    buffer = bytearray(disk.virtual_size)
+    step = 3 * MiB + 512  # reads that cross clusters and tables at odd places
+    for offset in range(0, disk.virtual_size, step):
+        view = memoryview(buffer)[offset : offset + step]
+        assert disk.readinto(offset, view) == len(view)
+    return bytes(buffer)
+
+
+def _qemu_io(peers, path, *commands, fmt="qcow2"):
+    argv = ["qemu-io", "-f", fmt]
+    for command in commands:
+        argv += ["-c", command]
+    peers.run(*argv, path, cwd=os.path.dirname(path))
+
+
+def _create(peers, path, size, *options, backing=None, backing_fmt=None):
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if options:
+        argv += ["-o", ",".join(options)]
+    if backing is not None:
+        argv += ["-b", backing, "-F", backing_fmt]
+    # qemu opens a relative data file from its working directory (vhdcore
+    # from the image's): every qemu tool runs in the image's directory.
+    peers.run(*argv, path, str(size), cwd=os.path.dirname(path))
+
+
+def _writes(peers, path, size, rng, count=24, max_length=200 * KiB, fmt="qcow2"):
+    """Patterned writes at random offsets (and a few zero writes and discards)."""
+    commands = []
+    for index in range(count):
+        length = int(rng.integers(1, max_length // 512)) * 512
+        offset = int(rng.integers(0, (size - length) // 512)) * 512
+        if index % 7 == 5:
+            commands.append(f"write -z {offset} {length}")
+        elif index % 11 == 10 and fmt == "qcow2":
+            commands.append(f"discard {offset} {length}")
+        else:
+            commands.append(f"write -P {index * 37 % 255 + 1} {offset} {length}")
+    _qemu_io(peers, path, *commands, fmt=fmt)
+
+
+def _assert_reads_like_qemu(peers, path, tmp_path, **options):
+    expected = _qemu_raw(peers, path, tmp_path)
+    with _open(path, **options) as disk:
+        assert isinstance(disk, VirtualDisk) and disk.format == "qcow2"
+        assert disk.virtual_size == len(expected)
+        assert _read_all(disk) == expected
+        _assert_extents_agree(disk, expected)
+    return expected
+
+
+def _assert_extents_agree(disk, expected: bytes) -> None:
+    """Extents tile the disk, zero runs are zeros, data runs are the file's bytes."""
+    position = 0
+    for extent in disk.extents():
+        assert extent.offset == position and extent.length > 0
+        position = extent.end
+        want = expected[extent.offset : extent.end]
+        if extent.state == ZERO:
+            assert want.count(0) == len(want), extent
+        elif extent.state in (DATA, PARENT):
+            file = disk.member_file(extent.depth)
+            got = file.pread(extent.file_offset, min(extent.length,
+                             max(0, file.size() - extent.file_offset)))
+            assert want.startswith(got) and want[len(got):].count(0) == len(want) - len(got)
+        else:
+            assert extent.state == ENCODED
+    assert position == disk.virtual_size
+
+
+def _qemu_map(peers, path):
+    result = peers.run("qemu-img", "map", "-f", "qcow2", "--output=json", path)
+    return json.loads(result.stdout)
+
+
+def _assert_no_data_where_qemu_has_none(peers, path):
+    """Every byte qemu maps as unallocated (no data in any layer) is not DATA or PARENT here."""
+    holes = [(m["start"], m["start"] + m["length"]) for m in _qemu_map(peers, path)
+             if not m["data"]]
+    with _open(path) as disk:
+        for extent in disk.extents():
+            if extent.state not in (DATA, PARENT, ENCODED):
+                continue
+            for start, end in holes:
+                overlap = min(end, extent.end) - max(start, extent.offset)
+                assert overlap <= 0, (extent, start, end)
+
+
+# -- layouts qemu writes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("options,size", [
+    (("compat=0.10",), 9 * MiB + 4096),
+    (("compat=1.1",), 9 * MiB + 4096),
+    (("cluster_size=512",), 3 * MiB + 1000 * 512),
+    (("cluster_size=4096",), 9 * MiB),
+    (("cluster_size=65536", "compat=0.10", "refcount_bits=16"), 17 * MiB),
+    (("cluster_size=2M",), 20 * MiB + 12345 * 512),
+    (("lazy_refcounts=on",), 9 * MiB),
+    (("preallocation=metadata",), 9 * MiB),
+    (("cluster_size=4096", "refcount_bits=1"), 9 * MiB),
+], ids=lambda value: ",".join(value) if isinstance(value, tuple) else str(value))
+def test_layouts_read_like_qemu(tmp_path, peers, rng, options, size):
+    path = tmp_path / "disk.qcow2"
+    _create(peers, path, size, *options)
+    _writes(peers, path, size, rng)
+    _assert_reads_like_qemu(peers, path, tmp_path)
+    _assert_no_data_where_qemu_has_none(peers, path)
+
+
+@pytest.mark.parametrize("cluster", ["16384", "65536", "2M"])
+def test_extended_l2_subclusters(tmp_path, peers, rng, cluster):
+    path = tmp_path / "ext.qcow2"
+    size = 12 * MiB
+    _create(peers, path, size, "extended_l2=on", f"cluster_size={cluster}")
+    sub = int(cluster.replace("2M", str(2 * MiB))) // 32
+    _qemu_io(peers, path, f"write -P 0x5a {sub} {sub}", f"write -P 0x6b {5 * sub} {3 * sub}",
+             f"write -z {40 * sub} {2 * sub}", f"write -P 0x7c {7 * MiB + 512} 1024")
+    _writes(peers, path, size, rng, count=12, max_length=64 * KiB)
+    with _open(path) as disk:
+        assert disk.header.extended_l2
+    _assert_reads_like_qemu(peers, path, tmp_path)
+    _assert_no_data_where_qemu_has_none(peers, path)
+
+
+def test_extended_l2_over_a_backing_file(tmp_path, peers):
+    base = tmp_path / "base.qcow2"
+    _create(peers, base, 4 * MiB, "cluster_size=65536")
+    _qemu_io(peers, base, "write -P 0x11 0 4M")
+    top = tmp_path / "top.qcow2"
+    _create(peers, top, 4 * MiB, "extended_l2=on", backing="base.qcow2", backing_fmt="qcow2")
+    _qemu_io(peers, top, "write -P 0x22 2048 2048", "write -z 65536 4096")
+    expected = _assert_reads_like_qemu(peers, top, tmp_path)
+    assert expected[:2048] == b"\x11" * 2048 and expected[2048:4096] == b"\x22" * 2048
+    with _open(top) as disk:
+        states = {(e.state, e.depth) for e in disk.extents(0, 128 * KiB)}
+        assert {(DATA, 0), (PARENT, 1), (ZERO, -1)} <= states
+
+
+def _compressed(peers, tmp_path, rng, kind):
+    plain = tmp_path / "plain.qcow2"
+    _create(peers, plain, 8 * MiB)
+    _writes(peers, plain, 8 * MiB, rng, count=16)
+    path = tmp_path / f"{kind}.qcow2"
+    peers.run("qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2",
+              "-o", f"compression_type={kind}", plain, path)
+    return path
+
+
+def test_zlib_compressed_clusters(tmp_path, peers, rng):
+    path = _compressed(peers, tmp_path, rng, "zlib")
+    _assert_reads_like_qemu(peers, path, tmp_path)
+    with _open(path) as disk:
+        assert any(e.state == ENCODED and e.depth == 0 for e in disk.extents())
+
+
+def test_zstd_compressed_clusters(tmp_path, peers, rng):
+    path = _compressed(peers, tmp_path, rng, "zstd")
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        with _open(path) as disk, pytest.raises(UnsupportedError, match=r"vhdcore\[zstd\]"):
+            _read_all(disk)
+        return
+    _assert_reads_like_qemu(peers, path, tmp_path)
+
+
+def test_internal_snapshot_then_writes(tmp_path, peers, rng):
+    path = tmp_path / "snap.qcow2"
+    _create(peers, path, 9 * MiB)
+    _writes(peers, path, 9 * MiB, rng, count=10)
+    peers.run("qemu-img", "snapshot", "-c", "before", path)
+    _writes(peers, path, 9 * MiB, rng, count=10)
+    peers.run("qemu-img", "snapshot", "-c", "second", path)
+    _assert_reads_like_qemu(peers, path, tmp_path)
+    with _open(path) as disk:
+        assert [s.name for s in disk.snapshots] == ["before", "second"]
+        assert [s.id for s in disk.snapshots] == ["1", "2"]
+        assert all(s.virtual_size == 9 * MiB and s.date > 1e9 for s in disk.snapshots)
+
+
+def test_qcow2_over_qcow2_over_raw(tmp_path, peers, rng):
+    size = 6 * MiB
+    raw = tmp_path / "base.raw"
+    raw.write_bytes(bytes(range(256)) * (size // 256 // 2))  # shorter than the disk
+    middle = tmp_path / "middle.qcow2"
+    _create(peers, middle, size, backing="base.raw", backing_fmt="raw")
+    _writes(peers, middle, size, rng, count=8)
+    top = tmp_path / "top.qcow2"
+    _create(peers, top, size, "cluster_size=4096", backing="middle.qcow2", backing_fmt="qcow2")
+    _writes(peers, top, size, rng, count=8)
+    _assert_reads_like_qemu(peers, top, tmp_path)
+    with _open(top) as disk:
+        assert disk.files == [str(top), str(middle), str(raw)]
+        depths = {e.depth for e in disk.extents() if e.state == PARENT}
+        assert depths == {1, 2}
+        assert disk.member_file(2).name == str(raw)
+
+
+def test_qcow2_over_vhd(tmp_path, peers, rng):
+    size = 8 * MiB
+    vhd = tmp_path / "base.vhd"
+    peers.run("qemu-img", "create", "-q", "-f", "vpc", vhd, str(size))
+    _writes(peers, vhd, size, rng, count=8, fmt="vpc")
+    top = tmp_path / "top.qcow2"
+    with vhdcore.open(vhd) as base:
+        virtual = base.virtual_size
+    _create(peers, top, virtual, backing="base.vhd", backing_fmt="vpc")
+    _writes(peers, top, virtual, rng, count=8)
+    _assert_reads_like_qemu(peers, top, tmp_path)
+    with _open(top) as disk:
+        assert disk.backing.format == "vhd" and disk.files == [str(top), str(vhd)]
+
+
+def test_backing_without_format_is_detected(tmp_path, peers):
+    base = tmp_path / "base.qcow2"
+    _create(peers, base, 2 * MiB)
+    _qemu_io(peers, base, "write -P 0x33 0 1M")
+    top = tmp_path / "top.qcow2"
+    _create(peers, top, 2 * MiB, backing="base.qcow2", backing_fmt="qcow2")
+    _rewrite_header(top, lambda h: h.with_changes(
+        extensions=[e for e in h.extensions if e[0] != C.EXT_BACKING_FORMAT]))
+    with _open(top) as disk:
+        assert disk.header.backing_format is None and disk.backing.format == "qcow2"
+        assert _read_all(disk)[:MiB] == b"\x33" * MiB
+
+
+def test_external_data_file(tmp_path, peers, rng):
+    path = tmp_path / "meta.qcow2"
+    _create(peers, path, 8 * MiB, "data_file=data.raw")
+    _writes(peers, path, 8 * MiB, rng, count=10)
+    _assert_reads_like_qemu(peers, path, tmp_path)
+    with _open(path) as disk:
+        data = str(tmp_path / "data.raw")
+        assert disk.files == [str(path), data] and disk.member_file(0).name == data
+
+
+def test_dirty_image_opens(tmp_path, peers):
+    path = tmp_path / "dirty.qcow2"
+    _create(peers, path, MiB)
+    _qemu_io(peers, path, "write -P 0x44 0 64k")
+    _rewrite_header(path, lambda h: h.with_changes(
+        incompatible_features=h.incompatible_features | C.INCOMPAT_DIRTY))
+    with _open(path) as disk:
+        assert disk.header.dirty and disk.notes
+        assert _read_all(disk)[:65536] == b"\x44" * 65536
+
+
+def test_the_registry_detects_and_the_engine_reads(tmp_path, peers, rng):
+    path = tmp_path / "disk.qcow2"
+    _create(peers, path, 5 * MiB)
+    _writes(peers, path, 5 * MiB, rng, count=8)
+    expected = _qemu_raw(peers, path, tmp_path)
+    with open(path, "rb"):
+        pass
+    from vhdcore.io.imagefile import open_image_file
+
+    with open_image_file(path) as file:
+        assert formats.detect(file) is formats.get("qcow2")
+    out = tmp_path / "out.raw"
+    result = vhdcore.convert(path, out, out_format="raw", digest=True)
+    assert out.read_bytes() == expected
+    assert result.input_format == "qcow2"
+    assert result.digest == hashlib.sha256(expected).hexdigest()
+
+
+def test_convert_of_a_chain_to_raw(tmp_path, peers, rng):
+    base = tmp_path / "base.qcow2"
+    _create(peers, base, 4 * MiB)
+    _writes(peers, base, 4 * MiB, rng, count=6)
+    top = tmp_path / "top.qcow2"
+    _create(peers, top, 4 * MiB, "cluster_size=512", backing="base.qcow2", backing_fmt="qcow2")
+    _writes(peers, top, 4 * MiB, rng, count=6)
+    out = tmp_path / "out.raw"
+    vhdcore.convert(top, out, out_format="raw")
+    assert out.read_bytes() == _qemu_raw(peers, top, tmp_path)
+
+
+def test_info_json(tmp_path, peers, cli):
+    base = tmp_path / "base.qcow2"
+    _create(peers, base, 2 * MiB)
+    top = tmp_path / "top.qcow2"
+    _create(peers, top, 2 * MiB, "cluster_size=4096", backing="base.qcow2", backing_fmt="qcow2")
+    peers.run("qemu-img", "snapshot", "-c", "s1", top)
+    code, out, err = cli("info", "--json", top)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["format"] == "qcow2" and data["virtual_size"] == 2 * MiB
+    assert data["cluster_size"] == 4096 and data["backing_file"] == "base.qcow2"
+    assert data["backing_format"] == "qcow2"
+    assert [s["name"] for s in data["snapshots"]] == ["s1"]
+    code, out, err = cli("info", top)
+    assert code == 0 and "qcow2" in out and "base.qcow2" in out, err
+
+
+# -- hostile images -------------------------------------------------------------
+
+
+def _rewrite_header(path, change) -> None:
+    """Rewrite the header (extensions and backing name included) in place."""
+    with open(path, "r+b") as handle:
+        data = handle.read(64 * KiB)
+        header = qcow2_header.parse(data, str(path))
+        packed = change(header).pack()
+        handle.seek(0)
+        handle.write(packed + bytes(max(0, header.header_length + 512 - len(packed))))
+
+
+def _plain(peers, tmp_path, name="x.qcow2", *options):
+    path = tmp_path / name
+    _create(peers, path, 4 * MiB, *options)
+    _qemu_io(peers, path, "write -P 0x55 0 256k")
+    return path
+
+
+def test_backing_file_outside_the_directory_is_refused(tmp_path, peers):
+    path = _plain(peers, tmp_path)
+    _rewrite_header(path, lambda h: h.with_changes(backing_file="/etc/passwd"))
+    with pytest.raises(UnsafeParentError, match=str(path)) as caught:
+        _open(path)
+    assert "/etc/passwd" in str(caught.value)
+    _rewrite_header(path, lambda h: h.with_changes(backing_file="../../../../etc/passwd"))
+    with pytest.raises(UnsafeParentError):
+        _open(path)
+
+
+def test_backing_through_a_symlink_is_refused_unless_allowed(tmp_path, peers):
+    base = _plain(peers, tmp_path, "base.qcow2")
+    (tmp_path / "link.qcow2").symlink_to(base)
+    top = tmp_path / "top.qcow2"
+    _create(peers, top, 4 * MiB, backing="link.qcow2", backing_fmt="qcow2")
+    with pytest.raises(UnsafeParentError, match="symbolic link"):
+        _open(top)
+    with _open(top, allow_symlinks=True) as disk:
+        assert disk.backing is not None
+
+
+def test_backing_in_another_directory_needs_allowing(tmp_path, peers):
+    other = tmp_path / "images"
+    other.mkdir()
+    base = _plain(peers, other, "base.qcow2")
+    (tmp_path / "vm").mkdir()
+    top = tmp_path / "vm" / "top.qcow2"
+    _create(peers, top, 4 * MiB, backing=str(base), backing_fmt="qcow2")
+    with pytest.raises(UnsafeParentError, match="allow-parent-dir"):
+        _open(top)
+    with _open(top, allow_parent_dirs=[other]) as disk:
+        assert disk.files == [str(top), str(base)]
+
+
+def test_chain_loops_and_depth(tmp_path, peers):
+    a = _plain(peers, tmp_path, "a.qcow2")
+    _rewrite_header(a, lambda h: h.with_changes(backing_file="a.qcow2",
+                                                extensions=h.extensions))
+    with pytest.raises(ChainLoopError):
+        _open(a)
+    previous = None
+    for index in range(4):
+        path = tmp_path / f"c{index}.qcow2"
+        if previous is None:
+            _create(peers, path, MiB)
+        else:
+            _create(peers, path, MiB, backing=previous.name, backing_fmt="qcow2")
+        previous = path
+    with _open(previous, max_chain_depth=4) as disk:
+        assert len(disk.files) == 4
+    with pytest.raises(LimitError, match="deeper than the limit of 3"):
+        _open(previous, max_chain_depth=3)
+
+
+def test_data_file_outside_the_directory_is_refused(tmp_path, peers):
+    path = tmp_path / "meta.qcow2"
+    _create(peers, path, 4 * MiB, "data_file=data.raw")
+
+    def elsewhere(header):
+        extensions = [(k, b"/etc/passwd" if k == C.EXT_DATA_FILE else p)
+                      for k, p in header.extensions]
+        return header.with_changes(extensions=extensions)
+
+    _rewrite_header(path, elsewhere)
+    with pytest.raises(UnsafeParentError, match="external data file") as caught:
+        _open(path)
+    assert str(path) in str(caught.value) and "/etc/passwd" in str(caught.value)
+
+
+def test_encryption_is_refused(tmp_path, peers):
+    path = tmp_path / "enc.qcow2"
+    peers.run("qemu-img", "create", "-q", "-f", "qcow2", "--object",
+              "secret,id=sec0,data=password", "-o", "encrypt.format=luks,encrypt.key-secret=sec0",
+              path, "4M")
+    with pytest.raises(UnsupportedError, match="encrypted") as caught:
+        _open(path)
+    assert str(path) in str(caught.value)
+
+
+def test_corrupt_bit_is_refused(tmp_path, peers):
+    path = _plain(peers, tmp_path)
+    _rewrite_header(path, lambda h: h.with_changes(
+        incompatible_features=h.incompatible_features | C.INCOMPAT_CORRUPT))
+    with pytest.raises(CorruptImageError, match="marked corrupt"):
+        _open(path)
+
+
+def test_unknown_incompatible_feature_is_refused(tmp_path, peers):
+    path = _plain(peers, tmp_path)
+    _rewrite_header(path, lambda h: h.with_changes(
+        incompatible_features=h.incompatible_features | 1 << 40))
+    with pytest.raises(UnsupportedError, match="incompatible features"):
+        _open(path)
+
+
+def test_huge_l1_is_an_error_not_memory_error(tmp_path, peers):
+    path = _plain(peers, tmp_path)
+    original = path.read_bytes()
+    _rewrite_header(path, lambda h: h.with_changes(l1_size=0xFFFFFFFF))
+    with pytest.raises(LimitError, match="L1 table"):
+        _open(path)
+    path.write_bytes(original)
+    _rewrite_header(path, lambda h: h.with_changes(l1_size=(C.MAX_L1_BYTES // 8)))
+    with pytest.raises(ImageError, match="L1 table"):
+        _open(path)
+
+
+def _l1_offset(path):
+    with open(path, "rb") as handle:
+        return qcow2_header.parse(handle.read(64 * KiB), str(path)).l1_table_offset
+
+
+def test_l2_table_past_the_end_names_the_file(tmp_path, peers):
+    path = _plain(peers, tmp_path)
+    with open(path, "r+b") as handle:
+        handle.seek(_l1_offset(path))
+        handle.write(struct.pack(">Q", C.COPIED | (1 << 40)))
+    with pytest.raises(CorruptImageError, match="L2 table") as caught:
+        _open(path)
+    assert str(caught.value).startswith(str(path))
+
+
+def test_data_cluster_past_the_end_names_the_file(tmp_path, peers):
+    path = _plain(peers, tmp_path)
+    with open(path, "rb") as handle:
+        handle.seek(_l1_offset(path))
+        l2 = struct.unpack(">Q", handle.read(8))[0] & C.OFFSET_MASK
+    with open(path, "r+b") as handle:
+        handle.seek(l2)
+        handle.write(struct.pack(">Q", C.COPIED | (1 << 45)))
+    with _open(path) as disk:
+        for call in (disk.extents, lambda: _read_all(disk)):
+            with pytest.raises(CorruptImageError, match="beyond the end") as caught:
+                call()
+            assert str(caught.value).startswith(str(path))
+
+
+def test_unaligned_data_cluster_is_corrupt(tmp_path, peers):
+    path = _plain(peers, tmp_path)
+    with open(path, "rb") as handle:
+        handle.seek(_l1_offset(path))
+        l2 = struct.unpack(">Q", handle.read(8))[0] & C.OFFSET_MASK
+        handle.seek(l2)
+        entry = struct.unpack(">Q", handle.read(8))[0]
+    with open(path, "r+b") as handle:
+        handle.seek(l2)
+        handle.write(struct.pack(">Q", entry + 512))
+    with _open(path) as disk, pytest.raises(CorruptImageError, match="unaligned"):
+        disk.extents()
+
+
+def test_garbage_compressed_cluster_is_corrupt(tmp_path, peers, rng):
+    path = _compressed(peers, tmp_path, rng, "zlib")
+    with _open(path) as disk:
+        encoded = next(e for e in disk.extents() if e.state == ENCODED)
+        run = next(disk._runs(encoded.offset, 512))
+    with open(path, "r+b") as handle:
+        handle.seek(run[3])
+        handle.write(b"\xff" * 64)
+    with _open(path) as disk, pytest.raises(CorruptImageError, match="compressed cluster"):
+        disk.readinto(encoded.offset, bytearray(512))
+
+
+def test_truncated_images_raise_image_errors(tmp_path, peers, rng):
+    path = tmp_path / "disk.qcow2"
+    _create(peers, path, 4 * MiB)
+    _writes(peers, path, 4 * MiB, rng, count=8)
+    data = path.read_bytes()
+    for cut in (8, 100, 4096, 65536 + 100, len(data) // 2, len(data) - 1000):
+        path.write_bytes(data[:cut])
+        try:
+            with _open(path) as disk:
+                _read_all(disk)
+                disk.extents()
+        except ImageError:
+            pass
+
+
+def test_out_of_range_reads_are_refused(tmp_path, peers):
+    path = _plain(peers, tmp_path)
+    with _open(path) as disk:
+        with pytest.raises(ImageError):
+            disk.readinto(4 * MiB - 10, bytearray(20))
+        with pytest.raises(ImageError):
+            disk.extents(-1, 5)
