@@ -334,9 +334,11 @@ def test_info_json(tmp_path, peers, cli):
     assert code == 0, err
     data = json.loads(out)
     assert data["format"] == "qcow2" and data["virtual_size"] == 2 * MiB
-    assert data["cluster_size"] == 4096 and data["backing_file"] == "base.qcow2"
-    assert data["backing_format"] == "qcow2"
-    assert [s["name"] for s in data["snapshots"]] == ["s1"]
+    extra = data["qcow2"]
+    assert extra["cluster_size"] == 4096 and extra["backing_file"] == "base.qcow2"
+    assert extra["backing_format"] == "qcow2" and data["parent_name"] == "base.qcow2"
+    assert [s["name"] for s in extra["snapshots"]] == ["s1"]
+    assert [m["filename"] for m in data["chain"]] == [str(top), str(base)]
     code, out, err = cli("info", top)
     assert code == 0 and "qcow2" in out and "base.qcow2" in out, err
 
