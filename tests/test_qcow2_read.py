@@ -117,21 +117,29 @@ def _assert_extents_agree(disk, expected: bytes) -> None:
 
 
 def _qemu_map(peers, path):
-    result = peers.run("qemu-img", "map", "-f", "qcow2", "--output=json", path)
+    result = peers.run("qemu-img", "map", "-f", "qcow2", "--output=json", path,
+                       cwd=os.path.dirname(path))
     return json.loads(result.stdout)
 
 
-def _assert_no_data_where_qemu_has_none(peers, path):
-    """Every byte qemu maps as unallocated (no data in any layer) is not DATA or PARENT here."""
-    holes = [(m["start"], m["start"] + m["length"]) for m in _qemu_map(peers, path)
-             if not m["data"]]
+def _assert_map_agrees(peers, path):
+    """Our extents say what ``qemu-img map`` says: no data where it has none, and
+    data at the same depth (and host offset, where qemu gives one) where it has some."""
     with _open(path) as disk:
-        for extent in disk.extents():
-            if extent.state not in (DATA, PARENT, ENCODED):
+        extents = disk.extents()
+    for entry in _qemu_map(peers, path):
+        start, end = entry["start"], entry["start"] + entry["length"]
+        for extent in extents:
+            if extent.end <= start or extent.offset >= end:
                 continue
-            for start, end in holes:
-                overlap = min(end, extent.end) - max(start, extent.offset)
-                assert overlap <= 0, (extent, start, end)
+            where = (entry, extent)
+            if not entry["data"]:
+                assert extent.state == ZERO, where
+                continue
+            assert extent.state != ZERO and extent.depth == entry["depth"], where
+            if "offset" in entry and extent.state in (DATA, PARENT):
+                at = max(start, extent.offset)
+                assert extent.file_offset + at - extent.offset == entry["offset"] + at - start, where
 
 
 # -- layouts qemu writes ------------------------------------------------------
@@ -153,7 +161,7 @@ def test_layouts_read_like_qemu(tmp_path, peers, rng, options, size):
     _create(peers, path, size, *options)
     _writes(peers, path, size, rng)
     _assert_reads_like_qemu(peers, path, tmp_path)
-    _assert_no_data_where_qemu_has_none(peers, path)
+    _assert_map_agrees(peers, path)
 
 
 @pytest.mark.parametrize("cluster", ["16384", "65536", "2M"])
@@ -168,7 +176,7 @@ def test_extended_l2_subclusters(tmp_path, peers, rng, cluster):
     with _open(path) as disk:
         assert disk.header.extended_l2
     _assert_reads_like_qemu(peers, path, tmp_path)
-    _assert_no_data_where_qemu_has_none(peers, path)
+    _assert_map_agrees(peers, path)
 
 
 def test_extended_l2_over_a_backing_file(tmp_path, peers):
@@ -179,6 +187,7 @@ def test_extended_l2_over_a_backing_file(tmp_path, peers):
     _create(peers, top, 4 * MiB, "extended_l2=on", backing="base.qcow2", backing_fmt="qcow2")
     _qemu_io(peers, top, "write -P 0x22 2048 2048", "write -z 65536 4096")
     expected = _assert_reads_like_qemu(peers, top, tmp_path)
+    _assert_map_agrees(peers, top)
     assert expected[:2048] == b"\x11" * 2048 and expected[2048:4096] == b"\x22" * 2048
     with _open(top) as disk:
         states = {(e.state, e.depth) for e in disk.extents(0, 128 * KiB)}
@@ -198,6 +207,7 @@ def _compressed(peers, tmp_path, rng, kind):
 def test_zlib_compressed_clusters(tmp_path, peers, rng):
     path = _compressed(peers, tmp_path, rng, "zlib")
     _assert_reads_like_qemu(peers, path, tmp_path)
+    _assert_map_agrees(peers, path)
     with _open(path) as disk:
         assert any(e.state == ENCODED and e.depth == 0 for e in disk.extents())
 
@@ -238,6 +248,7 @@ def test_qcow2_over_qcow2_over_raw(tmp_path, peers, rng):
     _create(peers, top, size, "cluster_size=4096", backing="middle.qcow2", backing_fmt="qcow2")
     _writes(peers, top, size, rng, count=8)
     _assert_reads_like_qemu(peers, top, tmp_path)
+    _assert_map_agrees(peers, top)
     with _open(top) as disk:
         assert disk.files == [str(top), str(middle), str(raw)]
         depths = {e.depth for e in disk.extents() if e.state == PARENT}
@@ -256,6 +267,7 @@ def test_qcow2_over_vhd(tmp_path, peers, rng):
     _create(peers, top, virtual, backing="base.vhd", backing_fmt="vpc")
     _writes(peers, top, virtual, rng, count=8)
     _assert_reads_like_qemu(peers, top, tmp_path)
+    _assert_map_agrees(peers, top)
     with _open(top) as disk:
         assert disk.backing.format == "vhd" and disk.files == [str(top), str(vhd)]
 
@@ -278,6 +290,7 @@ def test_external_data_file(tmp_path, peers, rng):
     _create(peers, path, 8 * MiB, "data_file=data.raw")
     _writes(peers, path, 8 * MiB, rng, count=10)
     _assert_reads_like_qemu(peers, path, tmp_path)
+    _assert_map_agrees(peers, path)
     with _open(path) as disk:
         data = str(tmp_path / "data.raw")
         assert disk.files == [str(path), data] and disk.member_file(0).name == data
@@ -341,6 +354,21 @@ def test_info_json(tmp_path, peers, cli):
     assert [m["filename"] for m in data["chain"]] == [str(top), str(base)]
     code, out, err = cli("info", top)
     assert code == 0 and "qcow2" in out and "base.qcow2" in out, err
+    vhd = tmp_path / "same.vhd"
+    vhdcore.create(vhd, 2 * MiB).close()
+    code, out, err = cli("info", "--json", vhd)
+    assert code == 0, err
+    shape = _keys(data)
+    assert {k for k in shape if not k.startswith("qcow2.")} == _keys(json.loads(out))
+
+
+def _keys(data, prefix=""):
+    out = set()
+    for key, value in data.items():
+        out.add(prefix + key)
+        if isinstance(value, dict):
+            out |= _keys(value, f"{prefix}{key}.")
+    return out
 
 
 # -- hostile images -------------------------------------------------------------
@@ -540,6 +568,41 @@ def test_truncated_images_raise_image_errors(tmp_path, peers, rng):
                 disk.extents()
         except ImageError:
             pass
+
+
+def test_threads_read_the_same_bytes(tmp_path, peers, rng):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = _compressed(peers, tmp_path, rng, "zlib")
+    expected = _qemu_raw(peers, path, tmp_path)
+    pieces = [(int(o), int(n)) for o, n in zip(rng.integers(0, 7 * MiB, 200),
+                                               rng.integers(1, MiB, 200))]
+    with _open(path) as disk:
+        def read(piece):
+            offset, length = piece
+            buffer = bytearray(length)
+            disk.readinto(offset, buffer)
+            return bytes(buffer) == expected[offset : offset + length]
+
+        with ThreadPoolExecutor(8) as pool:
+            assert all(pool.map(read, pieces))
+
+
+def test_windows_of_extents_tile_like_the_whole(tmp_path, peers, rng):
+    path = tmp_path / "disk.qcow2"
+    _create(peers, path, 9 * MiB, "cluster_size=4096")
+    _writes(peers, path, 9 * MiB, rng, count=30)
+    with _open(path) as disk:
+        whole = disk.extents()
+        for offset, length in [(0, 1), (511, 4097), (4096 * 7 + 3, MiB + 5), (9 * MiB - 1, 1)]:
+            part = disk.extents(offset, length)
+            assert part[0].offset == offset and part[-1].end == offset + length
+            for extent in part:
+                covering = next(w for w in whole if w.offset <= extent.offset < w.end)
+                assert covering.state == extent.state and extent.end <= covering.end
+                if extent.file_offset >= 0:
+                    assert extent.file_offset == covering.file_offset + (
+                        extent.offset - covering.offset)
 
 
 def test_out_of_range_reads_are_refused(tmp_path, peers):
