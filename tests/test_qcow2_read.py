@@ -612,3 +612,50 @@ def test_out_of_range_reads_are_refused(tmp_path, peers):
             disk.readinto(4 * MiB - 10, bytearray(20))
         with pytest.raises(ImageError):
             disk.extents(-1, 5)
+
+
+def _first_l2_entry(path):
+    """``(offset of the first L2 table, its first 16 bytes)``."""
+    with open(path, "rb") as handle:
+        handle.seek(_l1_offset(path))
+        l2 = struct.unpack(">Q", handle.read(8))[0] & C.OFFSET_MASK
+        handle.seek(l2)
+        return l2, handle.read(16)
+
+
+def test_subcluster_both_allocated_and_zero_is_corrupt(tmp_path, peers):
+    path = tmp_path / "ext.qcow2"
+    _create(peers, path, 4 * MiB, "extended_l2=on")
+    _qemu_io(peers, path, "write -P 0x12 0 2k")
+    l2, entry = _first_l2_entry(path)
+    bitmap = struct.unpack_from(">Q", entry, 8)[0]
+    assert bitmap & 1  # the first subcluster is allocated
+    with open(path, "r+b") as handle:
+        handle.seek(l2 + 8)
+        handle.write(struct.pack(">Q", bitmap | 1 << 32))
+    with _open(path) as disk, pytest.raises(CorruptImageError, match="both allocated and zero"):
+        disk.extents()
+
+
+def test_compressed_cluster_past_the_end_is_corrupt(tmp_path, peers, rng):
+    path = _compressed(peers, tmp_path, rng, "zlib")
+    with _open(path) as disk:
+        encoded = next(e for e in disk.extents() if e.state == ENCODED)
+        l1_index = encoded.offset // (disk.cluster_size * disk.header.l2_entries)
+        l2 = int(disk._tables._l1[l1_index])
+        entry_at = l2 + 8 * (encoded.offset // disk.cluster_size % disk.header.l2_entries)
+    with open(path, "r+b") as handle:
+        handle.seek(entry_at)
+        handle.write(struct.pack(">Q", C.COMPRESSED | (1 << 40)))
+    with _open(path) as disk, pytest.raises(CorruptImageError, match="compressed cluster"):
+        disk.readinto(encoded.offset, bytearray(512))
+
+
+def test_snapshot_table_past_the_end_is_corrupt(tmp_path, peers):
+    path = _plain(peers, tmp_path)
+    peers.run("qemu-img", "snapshot", "-c", "one", path)
+    size = path.stat().st_size
+    _rewrite_header(path, lambda h: h.with_changes(nb_snapshots=5000))
+    with pytest.raises(CorruptImageError, match="snapshot") as caught:
+        _open(path)
+    assert str(caught.value).startswith(str(path)) and path.stat().st_size == size

@@ -165,6 +165,8 @@ class Qcow2Disk:
             )
         self.data_path = self._confined(name, "external data file")
         self._data_file = open_image_file(self.data_path, lock="shared")
+        # A backing file may not be the data file either.
+        self._seen.add(file_identity(self.data_path))
         return self._data_file.size()
 
     def _open_backing(self, header) -> None:

@@ -70,12 +70,15 @@ class Tables:
         self.units_per_cluster = C.SUBCLUSTERS if self.extended else 1
         self.unit_size = header.subcluster_size
         self.units_per_table = self.l2_entries * self.units_per_cluster
-        self.zero_flag = header.version >= 3 and not self.extended
+        # Bit 0 of a standard entry: reads as zeros. Version 3 defines it;
+        # qemu honours it in version 2 too, and so do we, to read the same.
+        self.zero_flag = not self.extended
         self.file_size = file_size
         self.data_size = data_size
         self.external_data = external_data
         self._compressed_shift = 62 - (self.cluster_bits - 8)
         self._l1 = self._read_l1(header)
+        self._allocated_tables = np.flatnonzero(self._l1)
         self._cache: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._cache_limit = max(1, L2_CACHE_BYTES // self.cluster_size)
         self._lock = threading.Lock()
@@ -113,8 +116,10 @@ class Tables:
 
     def next_allocated_table(self, index: int) -> int:
         """The first L2 table after ``index`` that exists (``len(L1)`` if none)."""
-        later = np.flatnonzero(self._l1[index + 1 :])
-        return index + 1 + int(later[0]) if len(later) else max(len(self._l1), index + 1)
+        found = int(np.searchsorted(self._allocated_tables, index, side="right"))
+        if found < len(self._allocated_tables):
+            return int(self._allocated_tables[found])
+        return max(len(self._l1), index + 1)
 
     # -- L2 tables
 
@@ -183,15 +188,16 @@ class Tables:
         per = C.SUBCLUSTERS
         allocated = ((bitmaps[:, None] >> _SUBCLUSTER_BITS) & np.uint64(1)) != 0
         zeros = ((bitmaps[:, None] >> (_SUBCLUSTER_BITS + np.uint64(32))) & np.uint64(1)) != 0
-        conflict = (allocated & zeros).any(axis=1) | (allocated.any(axis=1) & ~present & ~compressed)
-        conflict |= compressed & (bitmaps != 0)
+        # A compressed cluster's bitmap is reserved: ignored, as qemu ignores it.
+        conflict = (allocated & zeros).any(axis=1) | (allocated.any(axis=1) & ~present)
+        conflict &= ~compressed
         if conflict.any():
             index = int(np.argmax(conflict))
             raise CorruptImageError(
                 f"{self.name}: qcow2 extended L2 entry {first_cluster + index} of table "
                 f"{table_index} (at {self._entry_offset(table_index, first_cluster + index):#x}) "
-                f"has subclusters both allocated and zero, allocated in an unallocated "
-                f"cluster, or a bitmap on a compressed cluster"
+                f"has subclusters both allocated and zero, or allocated in an unallocated "
+                f"cluster"
             )
         state = np.full((n, per), UNALLOCATED, np.uint8)
         state[allocated] = DATA
