@@ -118,7 +118,7 @@ class Qcow2Disk:
         data_size = self.file_size
         if header.incompatible_features & C.INCOMPAT_DATA_FILE:
             data_size = self._open_data_file(header)
-        self._data = self._data_file or file
+        self._data = self._data_file if self._data_file is not None else file
         self._data_size = data_size
         self._tables = T.Tables(file, header, self.file_size, data_size,
                                 external_data=self._data_file is not None)
@@ -170,7 +170,8 @@ class Qcow2Disk:
         return self._data_file.size()
 
     def _open_backing(self, header) -> None:
-        from .. import detect, get
+        from ...disk.sources import detect_format
+        from .. import get
 
         policy = self._policy
         if self._depth + 2 > policy.max_depth:
@@ -188,8 +189,10 @@ class Qcow2Disk:
                     f"{header.backing_format!r}, which vhdcore does not read"
                 ) from None
         else:
+            # Detected as qemu would probe it; another format's magic is
+            # refused by name rather than read as a raw backing disk.
             with open_image_file(path) as file:
-                fmt = detect(file)
+                fmt = get(detect_format(file, path))
         options = {"allow_parent_dirs": policy.allowed_dirs,
                    "allow_symlinks": policy.allow_symlinks,
                    "max_chain_depth": policy.max_depth - self._depth - 1}

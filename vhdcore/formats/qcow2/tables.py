@@ -96,6 +96,8 @@ class Tables:
                 f"{self.name}: qcow2 L1 table at {start:#x}+{count * 8} lies beyond the end "
                 f"of the file ({self.file_size} bytes)"
             )
+        # Entries past the disk's end are never used: neither read nor judged.
+        count = min(count, header.l1_needed)
         raw = self.file.pread(start, count * 8, "qcow2 L1 table") if count else b""
         offsets = (np.frombuffer(raw, dtype=">u8").astype(np.uint64) & _OFFSET_MASK)
         offsets = offsets.astype(np.int64)
