@@ -142,7 +142,8 @@ def _assert_map_agrees(peers, path):
             assert extent.state != ZERO and extent.depth == entry["depth"], where
             if "offset" in entry and extent.state in (DATA, PARENT):
                 at = max(start, extent.offset)
-                assert extent.file_offset + at - extent.offset == entry["offset"] + at - start, where
+                ours = extent.file_offset + at - extent.offset
+                assert ours == entry["offset"] + at - start, where
 
 
 # -- layouts qemu writes ------------------------------------------------------
@@ -362,6 +363,20 @@ def test_the_registry_detects_and_the_engine_reads(tmp_path, peers, rng):
     assert out.read_bytes() == expected
     assert result.input_format == "qcow2"
     assert result.digest == hashlib.sha256(expected).hexdigest()
+
+
+def test_cli_convert_reads_qcow2_and_will_not_write_it(tmp_path, peers, cli):
+    path = _plain(peers, tmp_path)
+    code, out, err = cli("convert", path, tmp_path / "out.qcow2")
+    assert code != 0 and "does not write" in err and "-O" in err
+    assert not (tmp_path / "out.qcow2").exists()
+    code, out, err = cli("convert", path, tmp_path / "out.vhd")
+    assert code == 0 and f"{path} (qcow2) -> " in out, err
+    code, out, err = cli("compare", path, tmp_path / "out.vhd")
+    assert code == 0, err
+    code, out, err = cli("convert", "-O", "raw", path, tmp_path / "out.qcow2")
+    assert code == 0, err
+    assert (tmp_path / "out.qcow2").read_bytes() == _qemu_raw(peers, path, tmp_path)
 
 
 def test_convert_of_a_chain_to_raw(tmp_path, peers, rng):
