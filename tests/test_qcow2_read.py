@@ -713,3 +713,31 @@ def test_snapshot_table_past_the_end_is_corrupt(tmp_path, peers):
     with pytest.raises(CorruptImageError, match="snapshot") as caught:
         _open(path)
     assert str(caught.value).startswith(str(path)) and path.stat().st_size == size
+
+
+def test_mutated_images_raise_only_image_errors(tmp_path, peers):
+    """Random bytes and words over a chain's metadata: an ImageError or a read, nothing else."""
+    import random
+
+    base = tmp_path / "base.qcow2"
+    _create(peers, base, 2 * MiB, "cluster_size=4096")
+    _qemu_io(peers, base, "write -P 1 0 512k")
+    top = tmp_path / "top.qcow2"
+    _create(peers, top, 2 * MiB, "cluster_size=4096", backing="base.qcow2", backing_fmt="qcow2")
+    _qemu_io(peers, top, "write -P 2 256k 512k", "write -z 1M 64k")
+    peers.run("qemu-img", "snapshot", "-c", "s", top)
+    original = top.read_bytes()
+    chooser = random.Random(12)
+    mutant = tmp_path / "mutant.qcow2"
+    for _trial in range(150):
+        data = bytearray(original)
+        for _ in range(chooser.randint(1, 6)):
+            at = chooser.randrange(min(len(data), 64 * KiB)) & ~7
+            data[at : at + 8] = chooser.getrandbits(64).to_bytes(8, "big")
+        mutant.write_bytes(bytes(data[: len(original)]))
+        try:
+            with _open(mutant) as disk:
+                disk.extents()
+                disk.readinto(0, bytearray(min(disk.virtual_size, 8 * MiB)))
+        except ImageError:
+            pass
