@@ -361,6 +361,8 @@ class Qcow2Disk:
         ``host`` is where a data run's first byte lies, or the compressed
         cluster's data (``size`` bytes) for a compressed run.
         """
+        if length <= 0:
+            return
         tables = self._tables
         unit = tables.unit_size
         per_table = tables.units_per_table
