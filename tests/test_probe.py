@@ -1,5 +1,9 @@
 """Other formats are refused by name, never read as raw; a raw file given as a VHD says so.
 
+qcow2 is read (it is registered); the commands that handle only VHDs
+refuse it by name, and a hand-built qcow2 header too broken to open is an
+error about its header, not raw data.
+
 Each format is tested twice: with a hand-built header (the magic as the
 format's specification lays it out, so the test does not depend on the
 peer) and with an image ``qemu-img create -f FMT`` made.
@@ -107,7 +111,7 @@ def _refused_everywhere(path, fmt, cli):
         code, out, err = cli(*argv)
         assert code == exit_code, (argv, code, out, err)
         assert out == "" and err.count("\n") == 1, (argv, err)
-        assert f"{name}: is a" in err and "vhdcore reads only raw and VHD images" in err, err
+        assert f"{name}: is a" in err and "vhdcore reads only raw, VHD and qcow2 images" in err, err
     assert not (path.parent / "out.vhd").exists() and not (path.parent / "out.img").exists()
     for call in (
         lambda: vhdcore.open(path),
@@ -120,14 +124,66 @@ def _refused_everywhere(path, fmt, cli):
         assert isinstance(caught.value, NotVHDError)
 
 
-@pytest.mark.parametrize("name", sorted(HEADERS))
+#: Formats vhdcore reads: given to a VHD-only command, they are refused by name.
+READ = {"qcow2"}
+
+#: Commands that read only VHDs.
+VHD_ONLY = (
+    (["check"], 1), (["check", "--json"], 1), (["repair", "--dry-run"], 1), (["compact"], 1),
+)
+
+
+@pytest.mark.parametrize("name", sorted(set(HEADERS) - READ))
 def test_hand_built_headers_are_refused_by_name(tmp_path, name, cli):
     path = _hand_built(tmp_path, name)
     _refused_everywhere(path, HEADERS[name][1], cli)
 
 
+def _vhd_only_commands_refuse(path, fmt, cli):
+    for argv, exit_code in VHD_ONLY:
+        code, out, err = cli(*argv, path)
+        assert code == exit_code and out == "" and err.count("\n") == 1, (argv, err)
+        assert f"{path}: is a {fmt} image" in err and "reads only VHD images" in err, err
+    for call in (lambda: vhdcore.open(path), lambda: check(path)):
+        with pytest.raises(ForeignFormatError) as caught:
+            call()
+        assert caught.value.format_name == fmt and str(caught.value).startswith(str(path))
+
+
+def test_hand_built_qcow2_header_is_a_header_error_never_raw(tmp_path, cli):
+    """Zero cluster bits: qcow2 by its magic, so its header is what is wrong."""
+    path = _hand_built(tmp_path, "qcow2")
+    other = path.parent / "other.img"
+    other.write_bytes(bytes(4096))
+    for argv, exit_code in (
+        (["convert", path, path.parent / "out.vhd"], 1),
+        (["convert", path, path.parent / "out.img"], 1),
+        (["info", path], 1), (["digest", path], 1), (["map", path], 1),
+        (["compare", path, other], 2), (["compare", other, path], 2),
+    ):
+        code, out, err = cli(*argv)
+        assert code == exit_code and out == "" and err.count("\n") == 1, (argv, err)
+        assert f"{path}: qcow2 header" in err and "cluster_bits 0" in err, (argv, err)
+    assert not (path.parent / "out.vhd").exists() and not (path.parent / "out.img").exists()
+    _vhd_only_commands_refuse(path, "qcow2", cli)
+
+
+def test_qcow2_made_by_qemu_img_is_read(tmp_path, peers, cli):
+    path = tmp_path / "disk.qcow2"
+    peers.run("qemu-img", "create", "-q", "-f", "qcow2", path, "10M")
+    peers.run("qemu-io", "-f", "qcow2", "-c", "write -P 0x61 1M 64k", path)
+    raw = tmp_path / "disk.raw"
+    peers.run("qemu-img", "convert", "-f", "qcow2", "-O", "raw", path, raw)
+    for argv in (["convert", path, tmp_path / "out.vhd"], ["info", path], ["digest", path],
+                 ["map", path], ["compare", path, raw], ["info", "-f", "qcow2", path]):
+        code, _out, err = cli(*argv)
+        assert code == 0, (argv, err)
+    code, out, _err = cli("digest", path)
+    assert out.split()[0] == hashlib.sha256(raw.read_bytes()).hexdigest()
+    _vhd_only_commands_refuse(path, "qcow2", cli)
+
+
 @pytest.mark.parametrize("fmt,options,what", [
-    ("qcow2", [], "a qcow2 image"),
     ("vhdx", [], "a VHDX image"),
     ("vmdk", [], "a VMDK image (monolithicSparse)"),
     ("vmdk", ["-o", "subformat=streamOptimized"], "a VMDK image (streamOptimized)"),
@@ -170,6 +226,7 @@ def test_stdin_pipe_is_probed_too(tmp_path, cli_process):
     result = cli_process("convert", "-", tmp_path / "o.vhd", input=head)
     assert result.returncode == 1
     assert b"stdin: is a qcow2 image" in result.stderr and result.stderr.count(b"\n") == 1
+    assert b"needs random access: save it to a file first" in result.stderr
     assert not (tmp_path / "o.vhd").exists()
     result = cli_process("convert", "-f", "raw", "-", tmp_path / "o.vhd", input=head)
     assert result.returncode == 0, result.stderr

@@ -135,9 +135,9 @@ def run(args) -> int:
     out = result.output_format
     if result.block_size:
         out += f", {format_size(result.block_size)} blocks"
-    source = (
-        f"{result.input_format}" if result.input_format == "raw" else f"vhd {result.input_type}"
-    )
+    source = result.input_format
+    if result.input_format == "vhd":
+        source += f" {result.input_type}"  # vhd dynamic, vhd differencing
     allocated = (
         f"; {plural(result.blocks_allocated, 'block')} allocated"
         if result.blocks_allocated is not None

@@ -268,7 +268,7 @@ class StreamSource(Source):
             got = self.reader.fill(piece)
             if self.detect and position == 0:
                 foreign = _probe.foreign_error("stdin", piece[: min(got, _probe.HEAD_SIZE)],
-                                               raw_hint=True)
+                                               raw_hint=True, stream=True)
                 if foreign is not None:
                     raise foreign
             if got:

@@ -22,7 +22,7 @@ from ..errors import UnsupportedError
 #: The format modules, in the order help texts and messages list them.
 #: Detection tries every format with a ``detect``; a file none recognises
 #: is ``raw``.
-ENTRIES = ("raw", "vhd")
+ENTRIES = ("raw", "vhd", "qcow2")
 
 
 @dataclass(frozen=True)
@@ -144,10 +144,20 @@ def output(name: str) -> Tuple[Format, str]:
 
 
 def output_for_path(path: str) -> Optional[Tuple[Format, str]]:
-    """The output an unspecified ``-O`` means for ``path``, from its suffix."""
+    """The output an unspecified ``-O`` means for ``path``, from its suffix.
+
+    Raises:
+        UnsupportedError: the suffix is a format vhdcore reads but does not
+            write (``.qcow2``): raw bytes under that name would mislead.
+    """
     lowered = path.lower()
     for fmt in formats():
-        if fmt.writer is not None and any(lowered.endswith(e) for e in fmt.extensions):
+        if any(lowered.endswith(e) for e in fmt.extensions):
+            if fmt.writer is None:
+                raise UnsupportedError(
+                    f"{path}: vhdcore reads {fmt.name} but does not write it; choose the "
+                    f"output with -O ({_or(output_names())})"
+                )
             return fmt, fmt.default_subformat
     return None
 

@@ -1,10 +1,11 @@
 """Recognise other disk formats by their magic, so they are refused by name.
 
-vhdcore reads raw and VHD. Without this table a qcow2 or VHDX file given
-to ``convert`` would be copied as raw bytes into a VHD, silently: the
-worst outcome a migration tool can have. Each entry says where a format's
-magic lies and how to name what was found; a later format registry can
-take the table over as its ``detect`` functions.
+vhdcore reads the formats of its registry (raw, VHD, qcow2). Without this
+table a VHDX or VMDK file given to ``convert`` would be copied as raw bytes
+into a VHD, silently: the worst outcome a migration tool can have. Each
+entry says where a format's magic lies and how to name what was found. A
+registered format found here (qcow2 given to a VHD-only command, or on a
+pipe) is named too, with what reads it instead.
 
 Detection reads only the first :data:`HEAD_SIZE` bytes. A VHD footer at the
 end of the file wins over anything at the start (a fixed VHD's data may
@@ -157,23 +158,48 @@ def read_head(path) -> bytes:
         return handle.read(HEAD_SIZE)
 
 
-def foreign_error(name, head: bytes, raw_hint: bool = False) -> Optional[ForeignFormatError]:
+def foreign_error(name, head: bytes, raw_hint: bool = False,
+                  stream: bool = False) -> Optional[ForeignFormatError]:
     """The error refusing ``name`` when ``head`` is another format's, else ``None``.
 
     Args:
         name: the file, as the user gave it.
         head: its first bytes.
         raw_hint: say that ``-f raw`` reads the bytes anyway (for commands
-            that read raw disks; ``info`` and ``check`` read only VHDs).
+            that read raw disks; ``check`` reads only VHDs).
+        stream: ``head`` came from a pipe (a registered format found there
+            needs the file instead).
     """
     found = identify(head)
     if found is None:
         return None
+    if found.format in _registered():
+        if stream:
+            message = f"{name}: is {found.what}, which needs random access: save it to a file first"
+        else:
+            message = (
+                f"{name}: is {found.what}, not a VHD: this operation reads only VHD images "
+                f"({found.format} images are read by convert, digest, compare, map and info)"
+            )
+        return ForeignFormatError(message, found.format)
     hint = found.hint or "convert it to VHD with 'qemu-img convert -O vpc'"
-    message = f"{name}: is {found.what}; vhdcore reads only raw and VHD images: {hint}"
+    message = f"{name}: is {found.what}; vhdcore reads only {_readable()} images: {hint}"
     if raw_hint and not found.hint:
         message += ", or pass -f raw to read its bytes as a raw disk"
     return ForeignFormatError(message, found.format)
+
+
+def _registered(aliases: bool = True):
+    """The registry's input names (imported late: the registry imports VHD, which imports us)."""
+    from . import names
+
+    return names(aliases=aliases)
+
+
+def _readable() -> str:
+    """The registered formats, for messages: ``raw, VHD and qcow2``."""
+    shown = [{"vhd": "VHD"}.get(name, name) for name in _registered(aliases=False)]
+    return ", ".join(shown[:-1]) + " and " + shown[-1] if len(shown) > 1 else shown[0]
 
 
 def not_vhd_error(name, head: bytes, raw_hint: bool = False) -> NotVHDError:

@@ -27,7 +27,7 @@ def allocation_map(image, fmt: Optional[str] = None, open_options=None) -> List[
         disk = getattr(source, "disk", None)
         if disk is None:
             raise UnsupportedError(f"{source.name}: a pipe has no allocation map")
-        files = source.files
+        names = _member_names(disk, source.name, source.files)
         return [
             {
                 "offset": extent.offset,
@@ -37,15 +37,34 @@ def allocation_map(image, fmt: Optional[str] = None, open_options=None) -> List[
                 "file_offset": extent.file_offset
                 if extent.file_offset >= 0 and extent.state != ENCODED
                 else None,
-                "file": (source.name if extent.depth == 0 else files[extent.depth])
-                if extent.depth >= 0
-                else None,
+                "file": names(extent.depth) if extent.depth >= 0 else None,
             }
             for extent in disk.extents()
         ]
     finally:
         if owned:
             source.close()
+
+
+def _member_names(disk, name, files):
+    """``depth -> file name`` of the file holding runs at that depth.
+
+    ``files[depth]`` is that file for most formats, but not for one whose
+    image keeps its data elsewhere (a qcow2 external data file is listed
+    after the image, and holds depth 0's runs): the member file says.
+    """
+    cache = {}
+
+    def named(depth: int) -> str:
+        if depth not in cache:
+            member = disk.member_file(depth)
+            found = getattr(member, "name", None)
+            if depth == 0 and (found is None or found == files[0]):
+                found = name
+            cache[depth] = found if found is not None else files[depth]
+        return cache[depth]
+
+    return named
 
 
 __all__ = ["allocation_map"]

@@ -1,7 +1,8 @@
 """What ``vhdcore info`` reports about an image, as a plain dict.
 
 The dict has the same keys, nested ones included, for every kind of
-image (fixed, dynamic, differencing, raw): a field that does not apply
+image (fixed, dynamic, differencing, raw; qcow2 in
+:mod:`vhdcore.formats.qcow2.info`, whose own fields are under ``qcow2``): a field that does not apply
 is ``None`` (JSON ``null``), never missing, so a script can read
 ``data["blocks"]["total"]`` or ``data["parent_uuid"]`` without first
 asking which kind it has.
@@ -97,6 +98,7 @@ def describe(image, missing_parent: str | None = None) -> dict:
         "parent_uuid": None,
         "parent_name": None,
         "parent_timestamp": None,
+        "qcow2": None,
     }
     if image.header is not None and image.type == "differencing":
         header = image.header
@@ -152,6 +154,7 @@ def describe_raw(source) -> dict:
         "parent_uuid": None,
         "parent_name": None,
         "parent_timestamp": None,
+        "qcow2": None,
         "chain": [{"depth": 0, "filename": source.name, "type": "raw", "uuid": None,
                    "virtual_size": source.virtual_size}],
     }
