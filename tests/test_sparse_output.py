@@ -174,8 +174,8 @@ def test_a_writer_copy_stores_what_data_would(tmp_path):
     out = open_image_file(out_path, writable=True)
     writer = RawWriter(out)
     writer.begin(len(payload))
-    with open(source, "rb") as handle:
-        stored = writer.copy(0, len(payload), handle.fileno(), 0)
+    with open_image_file(source) as handle:
+        stored = writer.copy(0, len(payload), handle, 0)
     writer.finish(len(payload))
     out.close()
     assert stored == 4096

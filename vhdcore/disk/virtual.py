@@ -92,8 +92,10 @@ class Sink(Protocol):
     def data(self, offset: int, view) -> int:
         """Store a piece (zeros in it may be left out); returns the bytes stored."""
 
-    def copy(self, offset: int, length: int, fd: int, file_offset: int) -> int:
-        """Store a piece known to hold data, copied file to file from ``fd``."""
+    def copy(self, offset: int, length: int, source, file_offset: int) -> int:
+        """Store a piece known to hold data, copied file to file from ``source``
+        (an :class:`~vhdcore.io.imagefile.ImageFile`: a chain member's
+        :meth:`VirtualDisk.member_file`)."""
 
     def finish(self, virtual_size: int) -> int:
         """Write the trailing structures; returns the output's length in bytes."""

@@ -22,7 +22,6 @@ pre-pass over a seekable source that finds the blocks holding data.
 
 from __future__ import annotations
 
-import os
 from typing import List, Optional
 
 from .._backend import kernels
@@ -73,21 +72,22 @@ class Writer:
     #: zero stretches inside it stay holes on disk.
     can_copy = False
 
-    def copy(self, offset: int, length: int, fd: int, file_offset: int) -> int:
-        """Store ``length`` bytes of ``fd`` from ``file_offset`` as the disk's bytes at ``offset``.
+    def copy(self, offset: int, length: int, source, file_offset: int) -> int:
+        """Store ``length`` bytes of ``source`` (an ImageFile) from ``file_offset`` as
+        the disk's bytes at ``offset``.
 
         Read in pieces and stored through :meth:`data`, so holes and the
         byte count follow the same rule; returns the bytes stored as data.
+
+        Raises:
+            CorruptImageError: the source ends first (truncated meanwhile).
         """
+        buffer = memoryview(bytearray(min(length, 4 << 20)))
         stored = done = 0
         while done < length:
-            piece = os.pread(fd, min(length - done, 4 << 20), file_offset + done)
-            if not piece:
-                raise ConversionError(
-                    f"the source ended early: {length - done} bytes missing at file offset "
-                    f"{file_offset + done} (was it truncated during the conversion?)"
-                )
-            stored += self.data(offset + done, memoryview(piece))
+            piece = buffer[: min(length - done, len(buffer))]
+            source.preadinto(file_offset + done, piece, "data being copied")
+            stored += self.data(offset + done, piece)
             done += len(piece)
         return stored
 

@@ -131,9 +131,16 @@ class ImageFile:
             CorruptImageError: the file ends before the buffer is full.
             StorageError: the read failed.
         """
-        view = memoryview(buffer).cast("B")
-        done = 0
-        total = len(view)
+        try:
+            # One system call in the usual case; the checks come after.
+            done = os.preadv(self.fd, (buffer,), offset)
+        except OSError as exc:
+            raise self._error(exc, f"cannot read the {what} at 0x{offset:x}") from exc
+        view = buffer if type(buffer) is memoryview else memoryview(buffer)
+        total = view.nbytes
+        if done == total:
+            return total
+        view = view.cast("B")
         try:
             while done < total:
                 got = os.preadv(self.fd, [view[done:]], offset + done)

@@ -40,7 +40,7 @@ from ...errors import (
     UnsupportedError,
     VHDError,
 )
-from ...io.imagefile import ImageFile, open_image_file
+from ...io.imagefile import open_image_file
 from ...problems import raise_for
 from .. import probe
 from . import bat as batmod
@@ -512,18 +512,8 @@ class VHD:
                     _zero_fill(view)
                     return length
             elif self.parent is None:
-                start = entry * SECTOR_SIZE + self._bitmap_bytes + within
-                # One system call for a plain file; any other ImageFile (a
-                # fault-injection one) sees the read through its own method.
-                file = self._file
-                got = -1
-                if type(file) is ImageFile:
-                    try:
-                        got = os.preadv(file.fd, [view], start)
-                    except OSError:
-                        got = -1  # the careful path below retries, and names the file if it fails
-                if got != length:
-                    file.preadinto(start, view)
+                self._file.preadinto(entry * SECTOR_SIZE + self._bitmap_bytes + within, view,
+                                     "block data")
                 return length
         self._readinto_slow(offset, view)
         return length
