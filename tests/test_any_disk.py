@@ -164,3 +164,41 @@ def test_convert_with_reads_in_flight_writes_the_same_image(tmp_path):
         assert result.digest == hashlib.sha256(disk.content).hexdigest()
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_vhdcore_open_reads_every_registered_format_by_its_magic(tmp_path, peers):
+    """One ``vhdcore.open`` for every format: the same file-like methods, the
+    format's own object for VHD (writable), read-only for the others."""
+    import io
+
+    from vhdcore.errors import NotVHDError, ReadOnlyError, UnsupportedError
+    from vhdcore.formats.qcow2.image import Qcow2Disk
+    from vhdcore.formats.raw import RawDisk
+
+    raw = tmp_path / "disk.raw"
+    payload = bytes(range(256)) * (MiB // 256)
+    raw.write_bytes(payload)
+    vhd = tmp_path / "disk.vhd"
+    vhdcore.convert(raw, vhd, out_format="dynamic")
+    with vhdcore.open(vhd, "r+") as image:
+        assert isinstance(image, vhdcore.VHD) and image.mode == "r+"
+        image.write(0, b"\1" * 512)
+    # A raw disk has no magic: named, never guessed.
+    with pytest.raises(NotVHDError):
+        vhdcore.open(raw)
+    with vhdcore.open(raw, format="raw") as image:
+        assert isinstance(image, RawDisk) and image.read(0, 256) == payload[:256]
+        assert io.BufferedReader(image.rawio()).read() == payload
+        with pytest.raises(ReadOnlyError):
+            image.write(0, b"x")
+    with pytest.raises(UnsupportedError, match="read-only"):
+        vhdcore.open(raw, "r+", format="raw")
+    with pytest.raises(ValueError):
+        vhdcore.open(vhd, "w")
+    # qcow2 by its magic.
+    qcow = tmp_path / "disk.qcow2"
+    peers.run("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, qcow)
+    with vhdcore.open(qcow) as image:
+        assert isinstance(image, Qcow2Disk) and image.read(0, MiB) == payload
+    with pytest.raises(UnsupportedError, match="read-only"):
+        vhdcore.open(qcow, "r+")

@@ -1,6 +1,7 @@
-"""vhdcore: a fast, trustworthy engine for VHD virtual disk images.
+"""vhdcore: a fast, trustworthy engine for virtual disk images (VHD, qcow2, raw).
 
-The public API is a few nouns: ``VHD``, ``open``, ``create``, ``convert``
+The public API is a few nouns: ``open`` (any format, by magic), ``VHD``,
+``create``, ``convert``
 and the errors in :mod:`vhdcore.errors` (``ImageError`` at the root,
 also named ``VHDError``). ``BACKEND`` says whether the
 compiled kernels or their pure-Python reference twins are in use.
@@ -27,7 +28,8 @@ try:
     from ._backend import BACKEND
     from .errors import ImageError, VHDError
     from .formats.vhd.create import create
-    from .formats.vhd.image import VHD, open
+    from .formats import open_image as open
+    from .formats.vhd.image import VHD
     from .ops.convert import convert
 except KeyboardInterrupt:
     # Ctrl-C while the command's modules load: one line and 130, as any

@@ -6,8 +6,8 @@ import io
 import os
 
 
-class VHDRawIO(io.RawIOBase):
-    """``io.RawIOBase`` over a :class:`vhdcore.formats.vhd.image.VHD`.
+class DiskRawIO(io.RawIOBase):
+    """``io.RawIOBase`` over an open image of any format (a VHD, a qcow2, ...).
 
     Reads stop at the end of the virtual disk; writes past it are refused
     by the image. Closing the view leaves the image open.
@@ -79,3 +79,9 @@ class VHDRawIO(io.RawIOBase):
     def flush(self) -> None:
         if not self.closed and self._image.mode == "r+":
             self._image.flush()
+
+
+#: The name this view had when VHD was the only format.
+VHDRawIO = DiskRawIO
+
+__all__ = ["DiskRawIO", "VHDRawIO"]

@@ -101,4 +101,47 @@ class Sink(Protocol):
         """Write the trailing structures; returns the output's length in bytes."""
 
 
-__all__ = ["Sink", "VirtualDisk"]
+class ReadOnlyDisk:
+    """What a read-only image object adds to its ``readinto`` and ``extents``: the
+    file-like methods ``vhdcore.open`` promises for every format (``read``,
+    ``write`` refused, ``flush``, an ``io.RawIOBase`` view, ``with``)."""
+
+    mode = "r"
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the virtual disk from ``offset`` (checked before
+        anything is allocated)."""
+        if offset < 0 or length < 0 or offset + length > self.virtual_size:
+            from ..errors import OutOfRangeError
+
+            raise OutOfRangeError(
+                f"{self.path}: read of {length} bytes at {offset} is outside the disk "
+                f"({self.virtual_size} bytes)"
+            )
+        buffer = bytearray(length)
+        if length:
+            self.readinto(offset, buffer)
+        return bytes(buffer)
+
+    def write(self, offset: int, data) -> int:
+        from ..errors import ReadOnlyError
+
+        raise ReadOnlyError(f"{self.path}: {self.format} images open read-only here")
+
+    def flush(self) -> None:
+        """Nothing to make durable: the image is never written."""
+
+    def rawio(self):
+        """An ``io.RawIOBase`` view (read-only) of the virtual disk."""
+        from .rawio import DiskRawIO
+
+        return DiskRawIO(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+__all__ = ["ReadOnlyDisk", "Sink", "VirtualDisk"]

@@ -14,6 +14,7 @@ called, so ``python -m vhdcore`` stays quick.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
@@ -56,6 +57,9 @@ class Format:
             ``None``: the source's size, within ``max_size``.
         targets: output flags only this format understands (VHD's
             ``azure`` and ``xen``); asking another format for one is refused.
+        open_image: ``open_image(path, mode, **options)`` -> the format's own
+            image object for :func:`vhdcore.open` (``mode`` ``"r"`` or
+            ``"r+"``); ``None``: :attr:`open`, read-only.
     """
 
     name: str
@@ -73,6 +77,7 @@ class Format:
     check_options: Optional[Callable] = None
     output_size: Optional[Callable] = None
     targets: Tuple[str, ...] = ()
+    open_image: Optional[Callable] = None
 
 
 _formats: Dict[str, Format] = {}
@@ -177,6 +182,38 @@ def detect(file) -> Format:
     return fallback
 
 
+def open_image(path, mode: str = "r", format: Optional[str] = None, **options):  # noqa: A002
+    """Open ``path`` in its format (by magic, or ``format``): what ``vhdcore.open`` does.
+
+    A file no format recognises is refused unless ``format="raw"`` says
+    it is a raw disk: the image a caller meant to open may simply be
+    damaged, and the first registered format with magic at the end of the
+    file (VHD) is asked to say what is wrong with it.
+
+    Raises:
+        UnsupportedError: ``format`` is unknown, or the format cannot be
+            opened in ``mode``.
+        ImageError: the file is no usable image of its format.
+    """
+    from ..io.imagefile import open_image_file
+
+    if mode not in ("r", "r+"):
+        raise ValueError(f"mode must be 'r' or 'r+', not {mode!r}")
+    if format is not None:
+        fmt = get(format)
+    else:
+        with open_image_file(path) as file:
+            fmt = detect(file)
+        if fmt.detect is None:
+            # Nothing recognised: let the format that explains damage best say why.
+            fmt = next(f for f in formats() if f.open_image is not None)
+    if fmt.open_image is not None:
+        return fmt.open_image(path, mode, **options)
+    if mode != "r":
+        raise UnsupportedError(f"{os.fspath(path)}: {fmt.name} images open read-only here")
+    return fmt.open(path, **options)
+
+
 def _or(items) -> str:
     items = list(items)
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
@@ -191,5 +228,6 @@ __all__ = [
     "names",
     "output",
     "output_for_path",
+    "open_image",
     "output_names",
 ]

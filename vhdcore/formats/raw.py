@@ -13,6 +13,7 @@ import stat
 from typing import List, Optional
 
 from ..disk.extent import DATA, ZERO, Extent, append_extent
+from ..disk.virtual import ReadOnlyDisk
 from ..errors import OutOfRangeError
 from ..io.imagefile import open_image_file
 from ..io.rawfile import data_runs
@@ -21,7 +22,7 @@ from . import Format
 SECTOR_SIZE = 512
 
 
-class RawDisk:
+class RawDisk(ReadOnlyDisk):
     """A raw image opened for reading: a :class:`~vhdcore.disk.virtual.VirtualDisk`."""
 
     format = "raw"
@@ -83,11 +84,6 @@ class RawDisk:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
 
 def open(path, **options) -> RawDisk:  # noqa: A001 - the registry's verb

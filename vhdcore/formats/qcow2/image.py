@@ -22,6 +22,7 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 
 from ...disk.extent import DATA, ENCODED, PARENT, ZERO, Extent, append_extent
+from ...disk.virtual import ReadOnlyDisk
 from ...errors import (
     ChainLoopError,
     CorruptImageError,
@@ -52,7 +53,7 @@ def _zero_fill(view) -> None:
         piece[:] = _ZEROS[: len(piece)]
 
 
-class Qcow2Disk:
+class Qcow2Disk(ReadOnlyDisk):
     """A qcow2 image (version 2 or 3), read-only, with its backing chain.
 
     Attributes:
@@ -283,11 +284,6 @@ class Qcow2Disk:
                 self._data_file.close()
             self._file.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
 
     # -- reading
 

@@ -42,6 +42,13 @@ def open(path, **options):  # noqa: A001 - the registry's verb
     return open_image(path, "r", **{"consistent": True, **options})
 
 
+def open_image(path, mode="r", **options):
+    """The :class:`~vhdcore.formats.vhd.image.VHD` object, in ``mode`` (``vhdcore.open``)."""
+    from .image import VHD
+
+    return VHD(path, mode, **options)
+
+
 def writer(subformat: str, out, *, source=None, azure=False, block_size=None, **options):
     """A fixed or dynamic VHD sink (see :mod:`vhdcore.disk.writers`).
 
@@ -103,4 +110,5 @@ FORMAT = Format(
     check_options=check_options,
     output_size=output_size,
     targets=("azure", "xen"),
+    open_image=open_image,
 )

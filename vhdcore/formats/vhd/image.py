@@ -679,9 +679,9 @@ class VHD(Writes):
 
     def rawio(self):
         """A file-like :class:`io.RawIOBase` view of the virtual disk."""
-        from ...disk.rawio import VHDRawIO
+        from ...disk.rawio import DiskRawIO
 
-        return VHDRawIO(self)
+        return DiskRawIO(self)
 
 
 def open(path, mode: str = "r", **options) -> VHD:  # noqa: A001 - mirrors builtins.open
