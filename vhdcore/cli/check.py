@@ -7,7 +7,6 @@ checked (missing file, permission, I/O error).
 
 from __future__ import annotations
 
-from ..formats.vhd.check import check
 from ..sizes import format_size
 from ._common import (
     add_chain_flags,
@@ -99,6 +98,8 @@ def render(report) -> str:
 
 
 def run(args) -> int:
+    from ..formats.vhd.check import check
+
     report = check(
         args.image, parents=args.parents, deep=args.deep, **chain_options(args)
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..formats.vhd.commit import commit
 from ..progress import Progress
 from ..sizes import format_size
 from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, plural
@@ -38,6 +37,8 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from ..formats.vhd.commit import commit
+
     meter, update = progress_meter(args, "commit")
     result = commit(args.child, remove=args.remove, progress=update,
                     **chain_options(args))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..formats.vhd.compact import compact
 from ..sizes import format_size
 from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, plural
 from .commit import add_progress_flag, progress_meter
@@ -37,6 +36,8 @@ def render(result) -> str:
 
 
 def run(args) -> int:
+    from ..formats.vhd.compact import compact
+
     meter, update = progress_meter(args, "compact")
     result = compact(args.image, output=args.output, dry_run=args.dry_run,
                      overwrite=args.force, progress=update,

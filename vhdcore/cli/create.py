@@ -5,9 +5,6 @@ from __future__ import annotations
 import sys
 
 from ..errors import UsageError
-from ..formats.vhd.blocksize import check_new_block_size
-from ..formats.vhd.create import create
-from ..formats.vhd.info import describe
 from ._common import (
     add_chain_flags,
     add_json_flag,
@@ -40,6 +37,10 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from ..formats.vhd.blocksize import check_new_block_size
+    from ..formats.vhd.create import create
+    from ..formats.vhd.info import describe
+
     if args.parent and args.type == "fixed":
         raise UsageError("--parent makes a differencing image; drop --type fixed")
     if args.size is None and not args.parent:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..formats.vhd.rebase import rebase
 from ..sizes import format_size
 from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, plural
 from .commit import add_progress_flag, progress_meter
@@ -24,6 +23,8 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from ..formats.vhd.rebase import rebase
+
     meter, update = progress_meter(args, "rebase")
     result = rebase(args.child, args.new_parent, unsafe=args.unsafe, progress=update,
                     **chain_options(args))

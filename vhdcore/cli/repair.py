@@ -7,7 +7,6 @@ image could not be repaired (missing file, locked, I/O error).
 
 from __future__ import annotations
 
-from ..formats.vhd.repair import repair, undo
 from ._common import add_json_flag, emit_json
 from .check import render as render_check
 
@@ -70,6 +69,8 @@ def render(report) -> str:
 
 
 def run(args) -> int:
+    from ..formats.vhd.repair import repair, undo
+
     if args.undo:
         undo(args.image, args.undo)
         if args.json:

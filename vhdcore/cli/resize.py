@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UsageError
-from ..formats.vhd.image import open as open_image
-from ..formats.vhd.resize import resize
 from ..sizes import format_size, parse_size
 from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, plural
 
@@ -47,6 +45,8 @@ def add_arguments(parser):
 
 def target_size(args) -> int:
     """The new virtual size in bytes: SIZE, or the current size changed by it."""
+    from ..formats.vhd.image import open as open_image
+
     sign, amount = args.size
     if not sign:
         return amount
@@ -62,6 +62,8 @@ def target_size(args) -> int:
 
 
 def run(args) -> int:
+    from ..formats.vhd.resize import resize
+
     # No progress meter: a resize rewrites metadata and moves at most the
     # few blocks in the way of a larger table.
     result = resize(args.image, target_size(args), force=args.force, **chain_options(args))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..formats.vhd.snapshot import snapshot
 from ._common import add_chain_flags, add_json_flag, chain_options, emit_json
 
 HELP = "create an empty differencing image (a snapshot) on top of PARENT"
@@ -19,6 +18,8 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from ..formats.vhd.snapshot import snapshot
+
     data = snapshot(args.parent, args.child, overwrite=args.force, xen=args.xen,
                     **chain_options(args))
     if args.json:
