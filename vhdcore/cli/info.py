@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import ParentNotFoundError
-from ..formats.vhd.image import VHD
-from ..formats.vhd.image import open as open_image
-from ..formats.vhd.info import describe, describe_raw
+from .. import formats as registry
+from ..errors import UnsupportedError
 from ..sizes import format_size
 from ._common import add_chain_flags, add_json_flag, chain_options, emit_json, plural
 
@@ -17,11 +15,11 @@ HELP = "show what an image is: type, sizes, allocation, creator, UUID, geometry,
 def add_arguments(parser):
     parser.add_argument("image", help="the VHD or qcow2 image (or a raw one, with -f raw)")
     parser.add_argument(
-        "-f", "--format", dest="src_format", choices=("raw", "vhd", "vpc", "qcow2"),
+        "-f", "--format", dest="src_format", choices=registry.names(),
         default=None,
-        help="image format (default: qcow2 when the file is one, else vhd; vpc is qemu's name "
-             "for vhd); raw describes any file as a raw disk, with the same JSON keys "
-             "(VHD-only fields null)",
+        help="image format (default: by its magic; a file with none is taken for a damaged "
+             "VHD; vpc is qemu's name for vhd); raw describes any file as a raw disk, with "
+             "the same JSON keys (other formats' fields null)",
     )
     add_json_flag(parser)
     add_chain_flags(parser)
@@ -31,49 +29,16 @@ def _sized(value):
     return f"{format_size(value)} ({value} bytes)"
 
 
-def _open(args):
-    """``(image, why the parent is missing or None)``.
-
-    A child whose parent cannot be found is still described (its own
-    footer, header and table are readable): the parent's entry says it is
-    missing, a warning goes to stderr, and the exit code is 0, because
-    what info reports about the child is complete and true.
-    """
-    try:
-        return open_image(args.image, "r", **chain_options(args)), None
-    except ParentNotFoundError as exc:
-        image = VHD(args.image, "r", _without_parent=True)
-        print(f"vhdcore info: warning: {exc}", file=sys.stderr)
-        return image, str(exc)
-
-
-def _is_qcow2(path) -> bool:
-    """Whether detection names ``path`` qcow2 (a VHD footer wins over the magic)."""
-    from ..formats import detect
-    from ..io.imagefile import open_image_file
-
-    try:
-        with open_image_file(path) as file:
-            return detect(file).name == "qcow2"
-    except OSError:
-        return False  # the VHD open names the problem
-
-
 def _describe(args) -> dict:
-    if args.src_format == "qcow2" or (args.src_format is None and _is_qcow2(args.image)):
-        from ..formats import get
-        from ..formats.qcow2.info import describe as describe_qcow2
+    """The registry's description of the image, in its format (by magic, or ``-f``)."""
+    fmt = registry.get(args.src_format) if args.src_format else registry.detect_path(args.image)
+    if fmt.describe is None:
+        raise UnsupportedError(f"{args.image}: info does not describe {fmt.name} images")
 
-        with get("qcow2").open(args.image, **chain_options(args)) as disk:
-            return describe_qcow2(disk)
-    if args.src_format == "raw":
-        from ..disk.sources import open_source
+    def warn(message):
+        print(f"vhdcore info: warning: {message}", file=sys.stderr)
 
-        with open_source(args.image, "raw") as source:
-            return describe_raw(source)
-    image, missing = _open(args)
-    with image:
-        return describe(image, missing_parent=missing)
+    return fmt.describe(args.image, warn, **chain_options(args))
 
 
 def run(args) -> int:

@@ -57,6 +57,8 @@ class Format:
             ``None``: the source's size, within ``max_size``.
         targets: output flags only this format understands (VHD's
             ``azure`` and ``xen``); asking another format for one is refused.
+        describe: ``describe(path, warn, **options) -> dict``: what ``info``
+            reports (``warn(message)`` for what is wrong but not fatal).
         open_image: ``open_image(path, mode, **options)`` -> the format's own
             image object for :func:`vhdcore.open` (``mode`` ``"r"`` or
             ``"r+"``); ``None``: :attr:`open`, read-only.
@@ -78,6 +80,7 @@ class Format:
     output_size: Optional[Callable] = None
     targets: Tuple[str, ...] = ()
     open_image: Optional[Callable] = None
+    describe: Optional[Callable] = None
 
 
 _formats: Dict[str, Format] = {}
@@ -182,6 +185,23 @@ def detect(file) -> Format:
     return fallback
 
 
+def detect_path(path) -> Format:
+    """The format of the file at ``path`` for commands that must not guess raw.
+
+    A file whose magic no format recognises is taken for the first format
+    with an ``open_image`` (VHD): it may be a damaged one, and its open
+    says what is wrong (or that the file is no image at all). A caller
+    that means raw says ``format="raw"``.
+    """
+    from ..io.imagefile import open_image_file
+
+    with open_image_file(path) as file:
+        fmt = detect(file)
+    if fmt.detect is None:
+        fmt = next(f for f in formats() if f.open_image is not None)
+    return fmt
+
+
 def open_image(path, mode: str = "r", format: Optional[str] = None, **options):  # noqa: A002
     """Open ``path`` in its format (by magic, or ``format``): what ``vhdcore.open`` does.
 
@@ -195,18 +215,9 @@ def open_image(path, mode: str = "r", format: Optional[str] = None, **options): 
             opened in ``mode``.
         ImageError: the file is no usable image of its format.
     """
-    from ..io.imagefile import open_image_file
-
     if mode not in ("r", "r+"):
         raise ValueError(f"mode must be 'r' or 'r+', not {mode!r}")
-    if format is not None:
-        fmt = get(format)
-    else:
-        with open_image_file(path) as file:
-            fmt = detect(file)
-        if fmt.detect is None:
-            # Nothing recognised: let the format that explains damage best say why.
-            fmt = next(f for f in formats() if f.open_image is not None)
+    fmt = get(format) if format is not None else detect_path(path)
     if fmt.open_image is not None:
         return fmt.open_image(path, mode, **options)
     if mode != "r":
@@ -223,6 +234,7 @@ __all__ = [
     "ENTRIES",
     "Format",
     "detect",
+    "detect_path",
     "formats",
     "get",
     "names",

@@ -98,6 +98,15 @@ def writer(subformat: str, out, **options):
     return RawWriter(out)
 
 
+def describe(path, warn=None, **options) -> dict:
+    """What ``vhdcore info -f raw`` reports: the file as a raw disk."""
+    from ..disk.sources import open_source
+    from .vhd.info import describe_raw
+
+    with open_source(path, "raw") as source:
+        return describe_raw(source)
+
+
 FORMAT = Format(
     name="raw",
     description="raw disk image (byte for byte)",
@@ -106,4 +115,5 @@ FORMAT = Format(
     subformats=("raw",),
     default_subformat="raw",
     random_access=False,
+    describe=describe,
 )

@@ -30,6 +30,15 @@ def open(path, **options):  # noqa: A001 - the registry's verb
     return open_image(path, **options)
 
 
+def describe(path, warn=None, **options) -> dict:
+    """What ``vhdcore info`` reports of a qcow2 (:mod:`vhdcore.formats.qcow2.info`)."""
+    from .image import open as open_image
+    from .info import describe as describe_disk
+
+    with open_image(path, **options) as disk:
+        return describe_disk(disk)
+
+
 FORMAT = Format(
     name="qcow2",
     description="qcow2 (QEMU, KVM, OpenStack), read-only",
@@ -37,5 +46,6 @@ FORMAT = Format(
     open=open,
     writer=None,
     extensions=(".qcow2",),
+    describe=describe,
     max_size={"qcow2": MAX_VIRTUAL_SIZE},
 )

@@ -49,6 +49,13 @@ def open_image(path, mode="r", **options):
     return VHD(path, mode, **options)
 
 
+def describe(path, warn=None, **options) -> dict:
+    """What ``vhdcore info`` reports of a VHD (:mod:`vhdcore.formats.vhd.info`)."""
+    from .info import describe_path
+
+    return describe_path(path, warn, **options)
+
+
 def writer(subformat: str, out, *, source=None, azure=False, block_size=None, **options):
     """A fixed or dynamic VHD sink (see :mod:`vhdcore.disk.writers`).
 
@@ -57,10 +64,10 @@ def writer(subformat: str, out, *, source=None, azure=False, block_size=None, **
     seekable).
     """
     from ...disk.writers import plan_blocks
-    from .writers import make_writer
     from ...errors import ConversionError
     from .constants import DEFAULT_BLOCK_SIZE
     from .output import AZURE_MAX_SIZE
+    from .writers import make_writer
 
     block_size = block_size or DEFAULT_BLOCK_SIZE
     plan = None
@@ -111,4 +118,5 @@ FORMAT = Format(
     output_size=output_size,
     targets=("azure", "xen"),
     open_image=open_image,
+    describe=describe,
 )

@@ -119,6 +119,27 @@ def describe(image, missing_parent: str | None = None) -> dict:
     return data
 
 
+def describe_path(path, warn=None, **options) -> dict:
+    """:func:`describe` of the VHD at ``path`` (the registry's ``describe``).
+
+    A child whose parent cannot be found is still described (its own
+    footer, header and table are readable): the parent's entry says it is
+    missing and ``warn`` gets the reason, because what is reported about
+    the child is complete and true.
+    """
+    from ...errors import ParentNotFoundError
+    from .image import VHD
+
+    try:
+        image, missing = VHD(path, "r", **options), None
+    except ParentNotFoundError as exc:
+        image, missing = VHD(path, "r", _without_parent=True), str(exc)
+        if warn is not None:
+            warn(missing)
+    with image:
+        return describe(image, missing_parent=missing)
+
+
 def describe_raw(source) -> dict:
     """:func:`describe`'s dict for a raw image (an open raw :class:`~vhdcore.disk.sources.Source`).
 
