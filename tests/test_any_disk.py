@@ -202,3 +202,20 @@ def test_vhdcore_open_reads_every_registered_format_by_its_magic(tmp_path, peers
         assert isinstance(image, Qcow2Disk) and image.read(0, MiB) == payload
     with pytest.raises(UnsupportedError, match="read-only"):
         vhdcore.open(qcow, "r+")
+
+
+def test_info_has_one_key_set_for_every_format(tmp_path, peers):
+    """``info --json`` is read by scripts that do not know the format first."""
+    from vhdcore import formats as registry
+    from vhdcore.disk.description import KEYS
+
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(b"\x11" * MiB)
+    vhd = tmp_path / "disk.vhd"
+    vhdcore.convert(raw, vhd, out_format="dynamic")
+    qcow = tmp_path / "disk.qcow2"
+    peers.run("qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, qcow)
+    for name, path in (("raw", raw), ("vhd", vhd), ("qcow2", qcow)):
+        data = registry.get(name).describe(path)
+        assert tuple(data) == KEYS, name
+        assert data["format"] == name and data["virtual_size"] == MiB

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from ...disk.description import description
 from ...disk.extent import DATA, ENCODED
 
 
@@ -48,30 +49,16 @@ def _chain(disk) -> list:
 def describe(disk) -> dict:
     """A JSON-ready description of an open :class:`~.image.Qcow2Disk` and its chain."""
     header = disk.header
-    return {
-        "filename": disk.path,
-        "format": "qcow2",
-        "type": "qcow2",
-        "virtual_size": disk.virtual_size,
-        "size_rule": None,
-        "current_size": None,
-        "chs_size": None,
-        "file_size": disk.file_size,
-        "allocated_bytes": _allocated(disk),
-        "blocks": {"allocated": None, "total": None},
-        "block_size": None,
-        "creator": {"application": None, "version": None, "host_os": None},
-        "uuid": None,
-        "timestamp": None,
-        "geometry": {"cylinders": None, "heads": None, "sectors_per_track": None},
-        "saved_state": None,
-        "hidden": None,
-        "batmap": None,
-        "notes": list(disk.notes),
-        "parent_uuid": None,
-        "parent_name": header.backing_file,
-        "parent_timestamp": None,
-        "qcow2": {
+    return description(
+        filename=disk.path,
+        format="qcow2",
+        type="qcow2",
+        virtual_size=disk.virtual_size,
+        file_size=disk.file_size,
+        allocated_bytes=_allocated(disk),
+        notes=list(disk.notes),
+        parent_name=header.backing_file,
+        qcow2={
             "version": header.version,
             "compat": "1.1" if header.version >= 3 else "0.10",
             "cluster_size": disk.cluster_size,
@@ -89,5 +76,5 @@ def describe(disk) -> dict:
                 for s in disk.snapshots
             ],
         },
-        "chain": _chain(disk),
-    }
+        chain=_chain(disk),
+    )

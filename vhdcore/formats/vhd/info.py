@@ -1,8 +1,8 @@
 """What ``vhdcore info`` reports about an image, as a plain dict.
 
-The dict has the same keys, nested ones included, for every kind of
-image (fixed, dynamic, differencing, raw; qcow2 in
-:mod:`vhdcore.formats.qcow2.info`, whose own fields are under ``qcow2``): a field that does not apply
+The dict has the keys of :mod:`vhdcore.disk.description`, nested ones
+included, for every kind of image (fixed, dynamic, differencing, raw;
+qcow2 in :mod:`vhdcore.formats.qcow2.info`): a field that does not apply
 is ``None`` (JSON ``null``), never missing, so a script can read
 ``data["blocks"]["total"]`` or ``data["parent_uuid"]`` without first
 asking which kind it has.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 
+from ...disk.description import description
 from .constants import VHD_EPOCH
 from .xen import hidden_flag
 
@@ -152,30 +153,14 @@ def describe_raw(source) -> dict:
         file_size = os.stat(source.name).st_size
     except OSError:
         file_size = source.virtual_size
-    return {
-        "filename": source.name,
-        "format": "raw",
-        "type": "raw",
-        "virtual_size": source.virtual_size,
-        "size_rule": None,
-        "current_size": None,
-        "chs_size": None,
-        "file_size": file_size,
-        "allocated_bytes": allocated,
-        "blocks": {"allocated": None, "total": None},
-        "block_size": None,
-        "creator": {"application": None, "version": None, "host_os": None},
-        "uuid": None,
-        "timestamp": None,
-        "geometry": {"cylinders": None, "heads": None, "sectors_per_track": None},
-        "saved_state": None,
-        "hidden": None,
-        "batmap": None,
-        "notes": list(source.notes),
-        "parent_uuid": None,
-        "parent_name": None,
-        "parent_timestamp": None,
-        "qcow2": None,
-        "chain": [{"depth": 0, "filename": source.name, "type": "raw", "uuid": None,
-                   "virtual_size": source.virtual_size}],
-    }
+    return description(
+        filename=source.name,
+        format="raw",
+        type="raw",
+        virtual_size=source.virtual_size,
+        file_size=file_size,
+        allocated_bytes=allocated,
+        notes=list(source.notes),
+        chain=[{"depth": 0, "filename": source.name, "type": "raw", "uuid": None,
+                "virtual_size": source.virtual_size}],
+    )
