@@ -57,6 +57,9 @@ class Format:
             ``None``: the source's size, within ``max_size``.
         targets: output flags only this format understands (VHD's
             ``azure`` and ``xen``); asking another format for one is refused.
+        check: ``check(path, parents=, deep=, **options)`` -> a report with
+            ``exit_code`` and ``to_dict()`` (``vhdcore check``); ``None``:
+            the format is not checked.
         describe: ``describe(path, warn, **options) -> dict``: what ``info``
             reports (``warn(message)`` for what is wrong but not fatal).
         open_image: ``open_image(path, mode, **options)`` -> the format's own
@@ -81,6 +84,7 @@ class Format:
     targets: Tuple[str, ...] = ()
     open_image: Optional[Callable] = None
     describe: Optional[Callable] = None
+    check: Optional[Callable] = None
 
 
 _formats: Dict[str, Format] = {}

@@ -39,6 +39,15 @@ def describe(path, warn=None, **options) -> dict:
         return describe_disk(disk)
 
 
+def check(path, parents=False, deep=False, **options):
+    """``vhdcore check`` for a qcow2 (:mod:`vhdcore.formats.qcow2.check`): refcounts
+    against uses. ``parents`` and ``deep`` are VHD's; the backing chain is
+    not walked (as ``qemu-img check`` checks one image)."""
+    from .check import check as check_image
+
+    return check_image(path)
+
+
 FORMAT = Format(
     name="qcow2",
     description="qcow2 (QEMU, KVM, OpenStack), read-only",
@@ -47,5 +56,6 @@ FORMAT = Format(
     writer=None,
     extensions=(".qcow2",),
     describe=describe,
+    check=check,
     max_size={"qcow2": MAX_VIRTUAL_SIZE},
 )

@@ -31,6 +31,7 @@ class Snapshot(NamedTuple):
     vm_clock_nsec: int
     l1_table_offset: int
     l1_size: int
+    entry_size: int = 0  # bytes of its table entry, padding included (check counts the table)
 
 
 def read_snapshots(file, header, file_size: int) -> List[Snapshot]:
@@ -78,6 +79,6 @@ def read_snapshots(file, header, file_size: int) -> List[Snapshot]:
         ident = data[extra_size : extra_size + id_size].decode("utf-8", "replace")
         label = data[extra_size + id_size :].decode("utf-8", "replace")
         out.append(Snapshot(ident, label, virtual_size, date_sec + date_nsec / 1e9, clock,
-                            l1_offset, l1_size))
+                            l1_offset, l1_size, size))
         position += size
     return out

@@ -56,6 +56,13 @@ def describe(path, warn=None, **options) -> dict:
     return describe_path(path, warn, **options)
 
 
+def check(path, **options):
+    """``vhdcore check`` for a VHD (:mod:`vhdcore.formats.vhd.check`)."""
+    from .check import check as check_image
+
+    return check_image(path, **options)
+
+
 def writer(subformat: str, out, *, source=None, azure=False, block_size=None, **options):
     """A fixed or dynamic VHD sink (see :mod:`vhdcore.disk.writers`).
 
@@ -119,4 +126,5 @@ FORMAT = Format(
     targets=("azure", "xen"),
     open_image=open_image,
     describe=describe,
+    check=check,
 )

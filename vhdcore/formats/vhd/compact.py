@@ -77,7 +77,8 @@ def _read_zero(member, file_offset, length) -> bool:
     position = 0
     while position < length:
         chunk = min(4 << 20, length - position)
-        if not kernels.is_zero(member.image_file.pread(file_offset + position, chunk, "block data")):
+        data = member.image_file.pread(file_offset + position, chunk, "block data")
+        if not kernels.is_zero(data):
             return False
         position += chunk
     return True

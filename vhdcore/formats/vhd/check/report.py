@@ -131,6 +131,7 @@ class CheckReport:
     Attributes:
         path: the image as given.
         problems: every finding in the order found.
+        format: the registry name of the format checked (``"vhd"``, ``"qcow2"``).
         type: ``"fixed"``, ``"dynamic"``, ``"differencing"``, or None when
             no footer could be read.
         virtual_size: bytes of the virtual disk (by the footer's size rule).
@@ -154,6 +155,7 @@ class CheckReport:
 
     path: str
     problems: List[Problem] = field(default_factory=list)
+    format: str = "vhd"
     type: Optional[str] = None
     virtual_size: Optional[int] = None
     file_size: int = 0
@@ -236,7 +238,7 @@ class CheckReport:
         """A JSON-ready summary (the CLI's ``--json`` output)."""
         data = {
             "filename": self.path,
-            "format": "vhd",
+            "format": self.format,
             "type": self.type,
             "status": self.status,
             "exit_code": self.exit_code,
