@@ -81,14 +81,14 @@ def image(request, tmp_path, twin):
 
 def test_the_registry_lists_its_formats_with_their_aliases():
     assert formats.names() == ("raw", "vhd", "vpc", "qcow2")
-    assert formats.get("qcow2").writer is None  # read-only until its writer lands
+    assert formats.output("qcow2") == (formats.get("qcow2"), "qcow2")
     assert formats.get("vpc") is formats.get("vhd")
     assert formats.output("vpc") == (formats.get("vhd"), "dynamic")
     assert formats.output("fixed") == (formats.get("vhd"), "fixed")
     assert formats.output("raw") == (formats.get("raw"), "raw")
     with pytest.raises(ImageError, match="unknown input format 'qcow3': use raw, vhd or qcow2"):
         formats.get("qcow3")
-    with pytest.raises(ImageError, match="use raw, fixed or dynamic"):
+    with pytest.raises(ImageError, match="use raw, fixed, dynamic or qcow2"):
         formats.output("qcow3")
 
 

@@ -365,11 +365,11 @@ def test_the_registry_detects_and_the_engine_reads(tmp_path, peers, rng):
     assert result.digest == hashlib.sha256(expected).hexdigest()
 
 
-def test_cli_convert_reads_qcow2_and_will_not_write_it(tmp_path, peers, cli):
+def test_cli_convert_reads_qcow2_and_writes_it_by_its_suffix(tmp_path, peers, cli):
     path = _plain(peers, tmp_path)
-    code, out, err = cli("convert", path, tmp_path / "out.qcow2")
-    assert code != 0 and "does not write" in err and "-O" in err
-    assert not (tmp_path / "out.qcow2").exists()
+    code, out, err = cli("convert", path, tmp_path / "copy.qcow2")
+    assert code == 0 and "(qcow2) -> " in out and out.split("\n")[0].endswith("(qcow2)"), err
+    peers.run("qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", path, tmp_path / "copy.qcow2")
     code, out, err = cli("convert", path, tmp_path / "out.vhd")
     assert code == 0 and f"{path} (qcow2) -> " in out, err
     code, out, err = cli("compare", path, tmp_path / "out.vhd")

@@ -44,6 +44,16 @@ def block_size_argument(text: str) -> int:
     return size
 
 
+def cluster_size_argument(text: str) -> int:
+    """argparse type for ``--cluster-size``: a power of two qcow2 allows (512 B to 2 MiB)."""
+    size = size_argument(text)
+    if not 512 <= size <= 2 << 20 or size & (size - 1):
+        raise argparse.ArgumentTypeError(
+            f"invalid cluster size {text!r}: a power of two from 512 to 2M (e.g. 64K)"
+        )
+    return size
+
+
 def count_argument(text: str) -> int:
     """argparse type for counts such as ``--max-chain-depth``: a whole number from 1."""
     if not text.strip().isdigit() or int(text) < 1:

@@ -18,6 +18,7 @@ from ._common import (
     add_format_flag,
     add_json_flag,
     block_size_argument,
+    cluster_size_argument,
     chain_options,
     emit_json,
     plural,
@@ -48,6 +49,19 @@ def add_arguments(parser):
         metavar="SIZE",
         help="block size of a dynamic output: 4K to 256M (default 2M; qemu misreads blocks "
         "below 4K, sizes other than 512K and 2M get a warning)",
+    )
+    parser.add_argument(
+        "--cluster-size",
+        type=cluster_size_argument,
+        metavar="SIZE",
+        help="cluster size of a qcow2 output: 512 to 2M (default 64K, as qemu-img)",
+    )
+    parser.add_argument(
+        "-c",
+        "--compress",
+        action="store_true",
+        help="qcow2 output: deflate every cluster that shrinks (zlib, as qemu-img -c); "
+        "to a file only",
     )
     parser.add_argument("-p", "--progress", action="store_true", help="show progress on stderr")
     add_chain_flags(parser)
@@ -112,6 +126,7 @@ def run(args) -> int:
             progress=args.progress,
             fsync=args.fsync,
             open_options=chain_options(args),
+            options={"cluster_size": args.cluster_size, "compress": args.compress or None},
         )
     except _Terminated:
         print("vhdcore convert: terminated; no destination was written", file=sys.stderr)

@@ -160,7 +160,7 @@ def output_for_path(path: str) -> Optional[Tuple[Format, str]]:
 
     Raises:
         UnsupportedError: the suffix is a format vhdcore reads but does not
-            write (``.qcow2``): raw bytes under that name would mislead.
+            write: raw bytes under that name would mislead.
     """
     lowered = path.lower()
     for fmt in formats():

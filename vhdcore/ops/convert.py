@@ -1,4 +1,4 @@
-"""The conversion engine: any raw or VHD input to raw, fixed or dynamic output.
+"""The conversion engine: any input vhdcore reads to raw, VHD (fixed, dynamic) or qcow2.
 
 One pass over the source (:mod:`vhdcore.disk.sources`) in virtual order feeds an
 output writer (:mod:`vhdcore.disk.writers`), and optionally a SHA-256 of the
@@ -27,9 +27,10 @@ is a hard link, which fails rather than replace a file created meanwhile.
 The source (every file of a differencing chain) is opened read-only and
 may not be the destination.
 
-Streams. ``dst="-"`` writes to stdout: raw and fixed always; dynamic after
-a pre-pass that finds the allocated blocks so the BAT can lead the stream
-(that needs a seekable source). ``src="-"`` reads stdin: a regular file
+Streams. ``dst="-"`` writes to stdout: raw and fixed always; dynamic and
+qcow2 after a pre-pass that finds the allocated blocks (clusters) so the
+tables can lead the stream (that needs a seekable source; compressed
+qcow2 is refused there). ``src="-"`` reads stdin: a regular file
 redirected to stdin is read like any file; a pipe is raw data of unknown
 length, fine for any output to a file and for raw or fixed to stdout.
 Output written to stdout cannot be taken back: a failure part-way leaves a
@@ -261,6 +262,8 @@ def convert(
     src_format: Optional[str] = None,
     out_format: Optional[str] = None,
     block_size: Optional[int] = None,
+    cluster_size: Optional[int] = None,
+    compress: bool = False,
     azure: bool = False,
     xen: bool = False,
     force: bool = False,
@@ -283,12 +286,15 @@ def convert(
         src_format: ``"raw"`` or ``"vhd"`` (or qemu's ``"vpc"``); detected
             from the footer when ``None``, refusing other formats (qcow2,
             VHDX, VMDK, VDI, QED) by their magic (``"raw"`` never probes).
-        out_format: ``"raw"``, ``"fixed"`` or ``"dynamic"``; by default
-            ``fixed`` for ``azure``, ``dynamic`` when ``dst`` ends in
-            ``.vhd``, else ``raw``.
+        out_format: ``"raw"``, ``"fixed"``, ``"dynamic"`` or ``"qcow2"``; by
+            default ``fixed`` for ``azure``, ``dynamic`` when ``dst`` ends in
+            ``.vhd``, ``qcow2`` when it ends in ``.qcow2``, else ``raw``.
         block_size: dynamic output block size (default 2 MiB): a power of
             two from 4 KiB (qemu misreads smaller blocks) to 256 MiB; sizes
             other than 512 KiB and 2 MiB get a note.
+        cluster_size: qcow2 output cluster size (default 64 KiB): a power of
+            two from 512 B to 2 MiB.
+        compress: qcow2 output: deflate the clusters (to a file only).
         azure: a fixed VHD Azure accepts: size rounded up to a whole MiB
             (noted), at most 32 TiB.
         xen: a VHD that Xen / XCP-ng's blktap takes for its own (so
@@ -333,7 +339,13 @@ def convert(
     notes: List[str] = []
     targets = {name: True for name, asked in (("azure", azure), ("xen", xen)) if asked}
     chosen = writer_options(
-        fmt, subformat, {"block_size": block_size, **(options or {})}, dst, notes, targets
+        fmt,
+        subformat,
+        {"block_size": block_size, "cluster_size": cluster_size, "compress": compress or None,
+         **(options or {})},
+        dst,
+        notes,
+        targets,
     )
     dst = os.fspath(dst) if dst != STDIO else STDIO
 
