@@ -27,8 +27,8 @@ try:
     from . import errors
     from ._backend import BACKEND
     from .errors import ImageError, VHDError
-    from .formats.vhd.create import create
     from .formats import open_image as open
+    from .formats.vhd.create import create
     from .formats.vhd.image import VHD
     from .ops.convert import convert
 except KeyboardInterrupt:

@@ -130,7 +130,8 @@ class RawWriter(Writer):
         return virtual_size
 
 
-def plan_blocks(source, block_size: int, buffer, probe: int = DATA_PROBE, progress=None) -> List[int]:
+def plan_blocks(source, block_size: int, buffer, probe: int = DATA_PROBE,
+                progress=None) -> List[int]:
     """Pre-pass for a streamed dynamic VHD: the blocks of ``source`` that hold data.
 
     Reads only data runs, and of each block only as much as it takes to

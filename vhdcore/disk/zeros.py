@@ -56,4 +56,15 @@ def nonzero_runs(view, granularity: int, offset: int = 0):
 
 
 
-__all__ = ["DATA_PROBE", "SPARSE_GRANULARITY", "nonzero_runs"]
+_ZERO_CHUNK = bytes(1 << 20)
+
+
+def zero_fill(view) -> None:
+    """Set every byte of a writable byte view to zero (a reader's zero runs)."""
+    zeros = memoryview(_ZERO_CHUNK)
+    for start in range(0, len(view), len(zeros)):
+        end = min(start + len(zeros), len(view))
+        view[start:end] = zeros[: end - start]
+
+
+__all__ = ["DATA_PROBE", "SPARSE_GRANULARITY", "nonzero_runs", "zero_fill"]

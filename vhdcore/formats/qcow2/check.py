@@ -32,6 +32,7 @@ from ..vhd.check.report import CheckReport, Leak
 from . import constants as C
 from .header import parse as parse_header
 from .snapshots import read_snapshots
+from .tables import compressed_fields
 
 #: Most clusters of file whose uses are counted (4 bytes each: 256 MiB).
 MAX_CHECK_CLUSTERS = 64 << 20
@@ -174,14 +175,11 @@ class _Check:
         width = 16 if extended else 8
         compressed = (entries & np.uint64(C.COMPRESSED)) != 0
         host = (entries & np.uint64(C.OFFSET_MASK)).astype(np.int64)
+        starts, sectors = compressed_fields(entries, header.cluster_bits)
         for index in np.flatnonzero(compressed).tolist():
-            entry = int(entries[index])
-            shift = 62 - (header.cluster_bits - 8)
-            start = entry & ((1 << shift) - 1)
-            sectors = ((entry >> shift) & ((1 << (header.cluster_bits - 8)) - 1)) + 1
-            begin = start & ~(C.COMPRESSED_SECTOR - 1)
-            self.use(begin, sectors * C.COMPRESSED_SECTOR, f"compressed cluster {index} of {name}",
-                     offset + width * index, False)
+            begin = int(starts[index]) & ~(C.COMPRESSED_SECTOR - 1)
+            self.use(begin, int(sectors[index]) * C.COMPRESSED_SECTOR,
+                     f"compressed cluster {index} of {name}", offset + width * index, False)
         if self.external_data:
             return  # data clusters live in another file
         standard = np.flatnonzero(~compressed & (host != 0)).tolist()

@@ -23,6 +23,7 @@ import numpy as np
 
 from ...disk.extent import DATA, ENCODED, PARENT, ZERO, Extent, append_extent
 from ...disk.virtual import ReadOnlyDisk
+from ...disk.zeros import zero_fill as _zero_fill
 from ...errors import (
     ChainLoopError,
     CorruptImageError,
@@ -44,13 +45,6 @@ CHUNK_UNITS = 1 << 16
 #: Inflated compressed clusters kept for reads that take a cluster in pieces.
 COMPRESSED_CACHE = 8
 
-_ZEROS = bytes(1 << 20)
-
-
-def _zero_fill(view) -> None:
-    for start in range(0, len(view), len(_ZEROS)):
-        piece = view[start : start + len(_ZEROS)]
-        piece[:] = _ZEROS[: len(piece)]
 
 
 class Qcow2Disk(ReadOnlyDisk):

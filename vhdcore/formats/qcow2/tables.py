@@ -38,6 +38,16 @@ _ZERO_FLAG = np.uint64(C.ZERO_FLAG)
 _SUBCLUSTER_BITS = np.arange(C.SUBCLUSTERS, dtype=np.uint64)
 
 
+def compressed_fields(entries, cluster_bits: int):
+    """``(host offset, sectors)`` of compressed L2 ``entries`` (uint64 array), as the
+    specification packs them: the offset in the low ``62 - (cluster_bits - 8)``
+    bits, the count of 512-byte sectors less one above it."""
+    shift = np.uint64(62 - (cluster_bits - 8))
+    host = (entries & ((np.uint64(1) << shift) - np.uint64(1))).astype(np.int64)
+    sectors = (entries >> shift) & np.uint64((1 << (cluster_bits - 8)) - 1)
+    return host, sectors.astype(np.int64) + 1
+
+
 class Units(NamedTuple):
     """Decoded units ``first .. first + len(state)`` of the disk (numpy arrays)."""
 
@@ -76,7 +86,6 @@ class Tables:
         self.file_size = file_size
         self.data_size = data_size
         self.external_data = external_data
-        self._compressed_shift = 62 - (self.cluster_bits - 8)
         self._l1 = self._read_l1(header)
         self._allocated_tables = np.flatnonzero(self._l1)
         self._cache: "OrderedDict[int, np.ndarray]" = OrderedDict()
@@ -233,10 +242,7 @@ class Tables:
         n = len(entries)
         if not compressed.any():
             return np.zeros(n, np.int64), np.zeros(n, np.int64)
-        shift = np.uint64(self._compressed_shift)
-        host = (entries & ((np.uint64(1) << shift) - np.uint64(1))).astype(np.int64)
-        sectors = ((entries >> shift) & np.uint64((1 << (self.cluster_bits - 8)) - 1))
-        sectors = sectors.astype(np.int64) + 1
+        host, sectors = compressed_fields(entries, self.cluster_bits)
         length = sectors * C.COMPRESSED_SECTOR - (host % C.COMPRESSED_SECTOR)
         host = np.where(compressed, host, 0)
         length = np.where(compressed, length, 0)

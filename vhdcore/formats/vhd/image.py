@@ -22,6 +22,7 @@ from typing import List, Optional
 
 from ..._backend import kernels
 from ...disk.extent import DATA, PARENT, ZERO, Extent, append_extent
+from ...disk.zeros import zero_fill as _zero_fill
 from ...errors import (
     CorruptImageError,
     FormatError,
@@ -55,7 +56,6 @@ from .footer import Footer
 from .header import DynamicHeader
 from .layout import read_primary_footer
 
-_ZERO_CHUNK = bytes(1 << 20)
 
 #: Builds an Extent without the Python frame of its __new__ (what _make does).
 _tuple_new = tuple.__new__
@@ -96,14 +96,6 @@ def _runs_into(out, start, end, sectors, counts, file_offsets, state, depth):
 
 class VHDWarning(UserWarning):
     """Something about an image that a user should know but that does not stop reading."""
-
-
-def _zero_fill(view: memoryview) -> None:
-    """Set every byte of a writable byte view to zero."""
-    zeros = memoryview(_ZERO_CHUNK)
-    for start in range(0, len(view), len(zeros)):
-        end = min(start + len(zeros), len(view))
-        view[start:end] = zeros[: end - start]
 
 
 def _decode_bat(raw: bytes) -> array.array:
