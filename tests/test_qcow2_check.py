@@ -164,3 +164,27 @@ def test_a_table_cluster_used_twice_is_an_overlap(image, peers):
     report = check(image)
     assert report.exit_code == 2 == _qemu_verdict(peers, image)
     assert "qcow2.overlap" in report.codes
+
+
+def test_a_snapshot_with_an_absurd_l1_size_is_reported_not_read(image, peers):
+    peers.run("qemu-img", "snapshot", "-c", "one", image)
+    header = _header(image)
+    _patch(image, header.snapshots_offset + 8, struct.pack(">I", 0xFFFFFFFF))
+    report = check(image)
+    assert report.exit_code == 2 and "qcow2.table_size" in report.codes
+    assert str(image) in next(p.message for p in report.problems if p.code == "qcow2.table_size")
+
+
+def test_an_l2_table_past_the_end_of_the_file_is_reported(image, peers):
+    header = _header(image)
+    entry = struct.unpack_from(">Q", image.read_bytes(), header.l1_table_offset)[0]
+    size = image.stat().st_size
+    # The L1 entry now names a cluster-aligned table that starts inside the
+    # file's last cluster-sized stretch but runs past its end.
+    target = (size // header.cluster_size) * header.cluster_size
+    if target + header.cluster_size <= size:
+        target += header.cluster_size
+    _patch(image, header.l1_table_offset, struct.pack(">Q", (entry & ~C.OFFSET_MASK) | target))
+    report = check(image)
+    assert report.exit_code == 2 == _qemu_verdict(peers, image)
+    assert "qcow2.outside" in report.codes

@@ -36,6 +36,9 @@ from .tables import compressed_fields
 
 #: Most clusters of file whose uses are counted (4 bytes each: 256 MiB).
 MAX_CHECK_CLUSTERS = 64 << 20
+#: Largest table (L1 or bitmap table) read, as qemu's QCOW_MAX_L1_SIZE: a
+#: crafted snapshot entry must not make check read the whole file at once.
+MAX_TABLE_BYTES = 32 << 20
 #: Per code, this many findings are named one by one, then summarised.
 MAX_REPORTED = 16
 
@@ -110,6 +113,10 @@ class _Check:
         length = entries * 8
         if not length:
             return np.zeros(0, dtype=np.uint64)
+        if length > MAX_TABLE_BYTES:
+            self.add("qcow2.table_size", f"{what} at {offset:#x} has {entries} entries, more "
+                     f"than the {MAX_TABLE_BYTES // 8} qemu allows", offset=where)
+            return None
         if not self.use(offset, -(-length // self.cluster) * self.cluster, what, where, True):
             return None
         if offset + length > self.size:
@@ -160,6 +167,10 @@ class _Check:
             if l2 % self.cluster:
                 self.add("qcow2.unaligned", f"{name} at {l2:#x} is not cluster-aligned",
                          offset=at)
+                continue
+            if l2 + self.cluster > self.size:
+                self.add("qcow2.outside", f"{name} at {l2:#x} runs past the end of the file "
+                         f"({self.size} bytes)", offset=at)
                 continue
             if not self.use(l2, self.cluster, name, at, True):
                 continue
