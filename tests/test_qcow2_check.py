@@ -188,3 +188,21 @@ def test_an_l2_table_past_the_end_of_the_file_is_reported(image, peers):
     report = check(image)
     assert report.exit_code == 2 == _qemu_verdict(peers, image)
     assert "qcow2.outside" in report.codes
+
+
+def test_a_snapshot_sharing_every_table_checks_clean(image, peers):
+    """Right after a snapshot the active L1 and the snapshot's name the same L2
+    tables (refcount 2): shared tables are no overlap."""
+    peers.run("qemu-img", "snapshot", "-c", "one", image)
+    peers.run("qemu-img", "snapshot", "-c", "two", image)
+    report = check(image)
+    assert report.exit_code == 0 == _qemu_verdict(peers, image), report.codes
+
+
+def test_reserved_bits_in_the_refcount_table_are_corruption(image, peers):
+    header = _header(image)
+    entry = struct.unpack_from(">Q", image.read_bytes(), header.refcount_table_offset)[0]
+    _patch(image, header.refcount_table_offset, struct.pack(">Q", entry | 0x100))
+    report = check(image)
+    assert report.exit_code == 2 == _qemu_verdict(peers, image)
+    assert "qcow2.reserved_bits" in report.codes

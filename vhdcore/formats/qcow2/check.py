@@ -8,8 +8,10 @@ snapshot table and each snapshot's L1 table and L2 tables, the bitmap
 directory and its tables. The uses are then compared with the refcounts
 stored: a refcount below the uses is corruption (qemu would free a cluster
 still in use), above them a leak (space nothing uses). Entries pointing
-outside the file or at unaligned offsets, metadata clusters used twice
-(an overlap of metadata with data or other metadata) and an L2 entry whose
+outside the file or at unaligned offsets, reserved bits set in table
+entries, clusters used by two kinds of structure (an overlap of metadata
+with data or other metadata; snapshots share L2 tables and data
+legitimately) and an L2 entry whose
 "copied" flag disagrees with its refcount are errors; the dirty bit (a
 crash with lazy refcounts: the refcounts may be stale) is a warning here,
 and the refcount findings say what it left.
@@ -67,11 +69,15 @@ class _Check:
                 f"{self.cluster} bytes, more than the {MAX_CHECK_CLUSTERS} check counts"
             )
         self.uses = np.zeros(self.clusters, dtype=np.uint32)
-        self.metadata = np.zeros(self.clusters, dtype=bool)
+        # What uses each cluster: metadata that exists once (header, L1 and
+        # refcount tables, snapshot and bitmap tables), L2 tables and data
+        # (both shared by snapshots, so used more than once legitimately).
+        self.metadata_uses = np.zeros(self.clusters, dtype=np.uint32)
+        self.l2_tables = np.zeros(self.clusters, dtype=bool)
+        self.data = np.zeros(self.clusters, dtype=bool)
         self.found: Dict[str, int] = {}
         self.external_data = header.data_file is not None or bool(
             header.incompatible_features & C.INCOMPAT_DATA_FILE)
-        self.l2_tables: List[int] = []  # host offsets of the L2 tables of every L1
         self.copied_checks: List[tuple] = []  # (entry offset, cluster offset, copied flag)
 
     # -- findings ----------------------------------------------------------
@@ -94,9 +100,10 @@ class _Check:
 
     # -- counting ----------------------------------------------------------
 
-    def use(self, offset: int, length: int, what: str, where: int, metadata: bool) -> bool:
-        """Count one use of each cluster of ``[offset, offset + length)``; False (and
-        a finding) when it starts outside the file."""
+    def use(self, offset: int, length: int, what: str, where: int, kind: str) -> bool:
+        """Count one use of each cluster of ``[offset, offset + length)`` by ``kind``
+        (``"metadata"``, ``"l2"`` or ``"data"``); False (and a finding) when it
+        starts outside the file."""
         if offset < 0 or offset >= self.size:
             self.add("qcow2.outside", f"{what} at {offset:#x} lies outside the file "
                                       f"({self.size} bytes)", offset=where)
@@ -104,8 +111,12 @@ class _Check:
         first = offset // self.cluster
         last = min((offset + max(length, 1) - 1) // self.cluster + 1, self.clusters)
         self.uses[first:last] += 1
-        if metadata:
-            self.metadata[first:last] = True
+        if kind == "metadata":
+            self.metadata_uses[first:last] += 1
+        elif kind == "l2":
+            self.l2_tables[first:last] = True
+        else:
+            self.data[first:last] = True
         return True
 
     def _table(self, offset: int, entries: int, what: str, where: int) -> Optional[np.ndarray]:
@@ -117,7 +128,8 @@ class _Check:
             self.add("qcow2.table_size", f"{what} at {offset:#x} has {entries} entries, more "
                      f"than the {MAX_TABLE_BYTES // 8} qemu allows", offset=where)
             return None
-        if not self.use(offset, -(-length // self.cluster) * self.cluster, what, where, True):
+        span = -(-length // self.cluster) * self.cluster
+        if not self.use(offset, span, what, where, "metadata"):
             return None
         if offset + length > self.size:
             self.add("qcow2.outside", f"{what} at {offset:#x} runs past the end of the file",
@@ -127,7 +139,7 @@ class _Check:
 
     def count(self) -> None:
         header = self.header
-        self.use(0, self.cluster, "the header", 0, True)
+        self.use(0, self.cluster, "the header", 0, "metadata")
         reftable = self._table(header.refcount_table_offset,
                                header.refcount_table_clusters * self.cluster // 8,
                                "the refcount table", 48)
@@ -135,19 +147,22 @@ class _Check:
         if reftable is not None:
             for index, entry in enumerate(reftable.tolist()):
                 block = entry & C.REFTABLE_OFFSET_MASK
+                where = header.refcount_table_offset + 8 * index
+                if entry & ~C.REFTABLE_OFFSET_MASK:
+                    self.add("qcow2.reserved_bits", f"refcount table entry {index} has reserved "
+                             f"bits set ({entry:#x})", offset=where)
                 if not block:
                     continue
-                where = header.refcount_table_offset + 8 * index
                 if block % self.cluster:
                     self.add("qcow2.unaligned", f"refcount block {index} at {block:#x} is not "
                              f"cluster-aligned", offset=where)
                 else:
-                    self.use(block, self.cluster, f"refcount block {index}", where, True)
+                    self.use(block, self.cluster, f"refcount block {index}", where, "metadata")
         self._l1(header.l1_table_offset, header.l1_size, "the L1 table", 40, active=True)
         if header.nb_snapshots:
             snapshots = read_snapshots(self.f, header, self.size)
             self.use(header.snapshots_offset, sum(s.entry_size for s in snapshots),
-                     "the snapshot table", 60, True)
+                     "the snapshot table", 60, "metadata")
             for number, snapshot in enumerate(snapshots):
                 self._l1(snapshot.l1_table_offset, snapshot.l1_size,
                          f"the L1 table of snapshot {number}", header.snapshots_offset,
@@ -160,9 +175,12 @@ class _Check:
             return
         for index, entry in enumerate(table.tolist()):
             l2 = entry & C.OFFSET_MASK
+            at = offset + 8 * index
+            if entry & C.L1_RESERVED_MASK:
+                self.add("qcow2.reserved_bits", f"entry {index} of {what} has reserved bits "
+                         f"set ({entry:#x})", offset=at)
             if not l2:
                 continue
-            at = offset + 8 * index
             name = f"L2 table {index} ({what})"
             if l2 % self.cluster:
                 self.add("qcow2.unaligned", f"{name} at {l2:#x} is not cluster-aligned",
@@ -172,7 +190,7 @@ class _Check:
                 self.add("qcow2.outside", f"{name} at {l2:#x} runs past the end of the file "
                          f"({self.size} bytes)", offset=at)
                 continue
-            if not self.use(l2, self.cluster, name, at, True):
+            if not self.use(l2, self.cluster, name, at, "l2"):
                 continue
             if active:
                 self.copied_checks.append((at, l2, bool(entry >> 63)))
@@ -190,9 +208,14 @@ class _Check:
         for index in np.flatnonzero(compressed).tolist():
             begin = int(starts[index]) & ~(C.COMPRESSED_SECTOR - 1)
             self.use(begin, int(sectors[index]) * C.COMPRESSED_SECTOR,
-                     f"compressed cluster {index} of {name}", offset + width * index, False)
+                     f"compressed cluster {index} of {name}", offset + width * index, "data")
         if self.external_data:
             return  # data clusters live in another file
+        reserved_bits = (entries & np.uint64(C.L2_STANDARD_RESERVED_MASK)) != 0
+        reserved = np.flatnonzero(~compressed & reserved_bits).tolist()
+        for index in reserved:
+            self.add("qcow2.reserved_bits", f"entry {index} of {name} has reserved bits set "
+                     f"({int(entries[index]):#x})", offset=offset + width * index)
         standard = np.flatnonzero(~compressed & (host != 0)).tolist()
         for index in standard:
             at = offset + width * index
@@ -201,7 +224,7 @@ class _Check:
                 self.add("qcow2.unaligned", f"data cluster {index} of {name} at {cluster:#x} "
                          f"is not cluster-aligned", offset=at)
                 continue
-            if self.use(cluster, self.cluster, f"data cluster {index} of {name}", at, False) \
+            if self.use(cluster, self.cluster, f"data cluster {index} of {name}", at, "data") \
                     and active:
                 self.copied_checks.append((at, cluster, bool(int(entries[index]) >> 63)))
 
@@ -210,7 +233,7 @@ class _Check:
         if payload is None or len(payload) < 24:
             return
         count, _reserved, directory_size, directory = struct.unpack_from(">IIQQ", payload)
-        if not self.use(directory, directory_size, "the bitmap directory", 0, True):
+        if not self.use(directory, directory_size, "the bitmap directory", 0, "metadata"):
             return
         if directory_size > 64 << 20 or directory + directory_size > self.size:
             return
@@ -225,7 +248,8 @@ class _Check:
             for value in ([] if entries is None else entries.tolist()):
                 cluster = value & C.OFFSET_MASK
                 if cluster:
-                    self.use(cluster, self.cluster, f"a cluster of bitmap {number}", table, True)
+                    self.use(cluster, self.cluster, f"a cluster of bitmap {number}", table,
+                             "metadata")
             step = _BITMAP_ENTRY.size + extra + name_size
             position += step + (-step % 8)
 
@@ -261,9 +285,14 @@ class _Check:
         stored = self.stored_refcounts()
         uses = self.uses.astype(np.uint64)
         cluster = self.cluster
-        for index in np.flatnonzero(self.metadata & (self.uses > 1)).tolist():
-            self.add("qcow2.overlap", f"cluster {index} (at {index * cluster:#x}) is metadata "
-                     f"and is used {int(self.uses[index])} times", offset=index * cluster)
+        metadata = self.metadata_uses > 0
+        overlap = (self.metadata_uses > 1) | (metadata & (self.l2_tables | self.data)) | (
+            self.l2_tables & self.data)
+        for index in np.flatnonzero(overlap).tolist():
+            self.add("qcow2.overlap", f"cluster {index} (at {index * cluster:#x}) is used by "
+                     f"more than one kind of structure ({int(self.uses[index])} uses; metadata "
+                     f"and L2 tables may not share a cluster with anything else)",
+                     offset=index * cluster)
         low = np.flatnonzero(stored < uses)
         for index in low.tolist():
             self.add("qcow2.refcount_low", f"cluster {index} (at {index * cluster:#x}) has "

@@ -31,7 +31,7 @@ COMPRESSED = 3  # stored compressed: the cluster at ``host``, ``length`` bytes
 #: 64 KiB clusters); at least one is always kept.
 L2_CACHE_BYTES = 64 << 20
 
-_STANDARD_RESERVED = np.uint64(0x3F000000000001FE)
+_STANDARD_RESERVED = np.uint64(C.L2_STANDARD_RESERVED_MASK)
 _OFFSET_MASK = np.uint64(C.OFFSET_MASK)
 _COMPRESSED = np.uint64(C.COMPRESSED)
 _ZERO_FLAG = np.uint64(C.ZERO_FLAG)
