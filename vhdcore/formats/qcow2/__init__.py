@@ -44,13 +44,13 @@ def describe(path, warn=None, **options) -> dict:
         return describe_disk(disk)
 
 
-def check(path, parents=False, deep=False, **options):
+def check_image(path, parents=False, deep=False, **options):
     """``vhdcore check`` for a qcow2 (:mod:`vhdcore.formats.qcow2.check`): refcounts
     against uses. ``parents`` and ``deep`` are VHD's; the backing chain is
     not walked (as ``qemu-img check`` checks one image)."""
-    from .check import check as check_image
+    from .check import check
 
-    return check_image(path)
+    return check(path)
 
 
 def writer(subformat: str, out, *, source=None, cluster_size=None, compress=False,
@@ -125,7 +125,7 @@ FORMAT = Format(
     default_subformat="qcow2",
     extensions=(".qcow2",),
     describe=describe,
-    check=check,
+    check=check_image,
     max_size={"qcow2": MAX_VIRTUAL_SIZE},
     options={"qcow2": ("cluster_size", "compress")},
     check_options=check_options,

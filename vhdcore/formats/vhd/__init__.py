@@ -56,11 +56,11 @@ def describe(path, warn=None, **options) -> dict:
     return describe_path(path, warn, **options)
 
 
-def check(path, **options):
+def check_image(path, **options):
     """``vhdcore check`` for a VHD (:mod:`vhdcore.formats.vhd.check`)."""
-    from .check import check as check_image
+    from .check import check
 
-    return check_image(path, **options)
+    return check(path, **options)
 
 
 def writer(subformat: str, out, *, source=None, azure=False, block_size=None, **options):
@@ -126,5 +126,5 @@ FORMAT = Format(
     targets=("azure", "xen"),
     open_image=open_image,
     describe=describe,
-    check=check,
+    check=check_image,
 )
